@@ -1,0 +1,148 @@
+"""Command line: `unlearn run | eval | report | demo | compare`."""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from unlearn.errors import INPUT_ERRORS
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Make a causal LM stop producing specific outputs, from examples of them.")
+_state = {"debug": False}
+
+
+@app.callback()
+def main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks."),
+         quiet: bool = typer.Option(False, "--quiet", help="Only warnings and errors.")):
+    _state["debug"] = debug
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s")
+    for noisy in ("httpx", "urllib3", "datasets", "filelock", "accelerate", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def guarded(command):
+    """Bad input: one line on stderr, exit 2. A failure during the run: exit 1."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except INPUT_ERRORS as exc:
+            if _state["debug"]:
+                raise
+            print(f"error: {exc}", file=sys.stderr)
+            raise typer.Exit(2)
+        except (KeyboardInterrupt, typer.Exit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the run failed; say so in one line
+            if _state["debug"]:
+                raise
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            print(f"error: run failed: {type(exc).__name__}: {message} (rerun with --debug for details)",
+                  file=sys.stderr)
+            raise typer.Exit(1)
+    return wrapper
+
+
+SetOption = typer.Option(None, "--set", help="Override a config key: --set train.lr=1e-4 (repeatable).")
+
+
+@app.command("run")
+@guarded
+def run_command(config: Path = typer.Argument(..., help="YAML config."),
+                output_dir: Path = typer.Option(..., "--output-dir", "-o", help="Where results go."),
+                set_: Optional[list[str]] = SetOption,
+                resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
+                overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in OUTPUT_DIR."),
+                trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
+                allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (*.bin) weights.")):
+    """Unlearn: train on the config's forget/normal data and save the model."""
+    from unlearn.config import load_config
+    from unlearn.preflight import preflight
+    from unlearn.run import run
+
+    overrides = list(set_ or [])
+    overrides += ["model.trust_remote_code=true"] if trust_remote_code else []
+    overrides += ["model.allow_pickle=true"] if allow_pickle else []
+    cfg = load_config(config, overrides)
+    preflight(cfg, output_dir, resume=resume, overwrite=overwrite)
+    result = run(cfg, output_dir, resume=resume, overwrite=overwrite)
+    _print_outcome(result)
+    if result.summary.get("diverged"):
+        raise typer.Exit(1)
+
+
+def _print_outcome(result) -> None:
+    from unlearn.ui import console
+
+    summary = result.summary
+    console.print(f"[bold]done[/bold]: {summary['steps']} steps, {summary['stop_reason']}")
+    for kind, path in result.paths.items():
+        console.print(f"  {kind}: {path}")
+    if result.metrics:
+        from unlearn.report.build import metrics_table
+
+        console.print(metrics_table(result.metrics))
+    console.print(f"  results: {result.output_dir}")
+
+
+@app.command("eval")
+@guarded
+def eval_command(config: Path = typer.Argument(..., help="YAML config with an eval: section."),
+                 model: str = typer.Option(..., "--model", help="HF folder, adapter folder, alias or .gguf."),
+                 output_dir: Path = typer.Option(..., "--output-dir", "-o"),
+                 set_: Optional[list[str]] = SetOption,
+                 overwrite: bool = typer.Option(False, "--overwrite")):
+    """Evaluate any model with the config's eval: section (writes metrics.json, generations.jsonl)."""
+    from unlearn.evaluation.runner import evaluate_model
+
+    metrics = evaluate_model(config, model, output_dir, overrides=list(set_ or []), overwrite=overwrite)
+    from unlearn.report.build import metrics_table
+    from unlearn.ui import console
+
+    console.print(metrics_table(metrics))
+
+
+@app.command("report")
+@guarded
+def report_command(output_dir: Path = typer.Argument(..., help="A run's output folder.")):
+    """Rebuild report.html and report.md from the files in OUTPUT_DIR."""
+    from unlearn.report.build import build_report
+
+    paths = build_report(output_dir)
+    print("\n".join(str(p) for p in paths))
+
+
+@app.command("demo")
+@guarded
+def demo_command(output_dir: Path = typer.Option(Path("runs/demo"), "--output-dir", "-o"),
+                 quick: bool = typer.Option(False, "--quick", help="Smaller scenario (CI)."),
+                 overwrite: bool = typer.Option(True, "--overwrite/--no-overwrite")):
+    """The built-in scenario: make a real model leak fictitious people's data, then unlearn it."""
+    from unlearn.demo import run_demo
+
+    run_demo(output_dir, quick=quick, overwrite=overwrite)
+
+
+@app.command("compare")
+@guarded
+def compare_command(config: Path = typer.Argument(...),
+                    methods: str = typer.Option("paper,npo,simnpo,graddiff,idk,rmu", "--methods"),
+                    output_dir: Path = typer.Option(..., "--output-dir", "-o"),
+                    set_: Optional[list[str]] = SetOption,
+                    overwrite: bool = typer.Option(False, "--overwrite")):
+    """Run several methods on the same data and budget and write a leaderboard."""
+    from unlearn.compare import compare
+
+    compare(config, [m.strip() for m in methods.split(",") if m.strip()], output_dir,
+            overrides=list(set_ or []), overwrite=overwrite)
+
+
+if __name__ == "__main__":
+    app()

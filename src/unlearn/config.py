@@ -1,0 +1,229 @@
+"""Typed run configuration: YAML in, validated pydantic objects out.
+
+The YAML shape is the user-facing contract (see README "Config reference"); `--set a.b=c`
+overrides any key by its dotted path before validation, so a bad override fails at load time.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """Bad user input in a config: the message names the file and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class LoraConfig(_Strict):
+    r: int = Field(16, gt=0)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: str | list[str] = "all-linear"
+
+
+class ModelConfig(_Strict):
+    name: str = "smollm2-135m-instruct"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    lora: LoraConfig | None = None
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    gradient_checkpointing: bool = False
+
+
+class SourceConfig(_Strict):
+    """One data file. `prompt`/`response` name the fields to read (or, for `format: text`,
+    the file is plain text cut into token windows: the first `prompt_tokens` tokens are the
+    prompt, the rest the response)."""
+
+    path: str
+    prompt: str = "prompt"
+    response: str = "response"
+    format: Literal["auto", "jsonl", "json", "csv", "parquet", "text"] = "auto"
+    weight: float = Field(1.0, ge=0)
+    limit: int | None = Field(None, gt=0)
+    skip: int = Field(0, ge=0)
+    window_tokens: int = Field(128, gt=1)
+    prompt_tokens: int = Field(32, gt=0)
+
+    @model_validator(mode="after")
+    def _window(self):
+        if self.prompt_tokens >= self.window_tokens:
+            raise ValueError("prompt_tokens must be smaller than window_tokens")
+        return self
+
+
+class DataConfig(_Strict):
+    forget: SourceConfig
+    normal: list[SourceConfig]
+    # mismatch answers are drawn from these sources; default: all normal sources
+    mismatch_pool: list[SourceConfig] | None = None
+    template: str = "auto"
+    max_length: int = Field(256, gt=8)
+
+    @field_validator("normal", "mismatch_pool", mode="before")
+    @classmethod
+    def _one_or_many(cls, value):
+        return [value] if isinstance(value, dict) else value
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, value: str):
+        if value not in ("auto", "raw") and ("{prompt}" not in value or not value.rstrip().endswith("{response}")):
+            raise ValueError("template must be 'auto', 'raw', or a format string with {prompt} and ending in {response}")
+        return value
+
+
+class MethodConfig(_Strict):
+    name: str = "paper"
+    weights: dict[str, float] | None = None  # None: the method's defaults
+    mismatch_k: int = Field(5, gt=0)
+    npo_beta: float = Field(0.1, gt=0)
+    simnpo_gamma: float = 0.0
+    refusals: list[str] | None = None
+    rmu_layer: int | None = None
+    rmu_steering: float = Field(6.5, gt=0)
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, value):
+        if value is None:
+            return value
+        for key, weight in value.items():
+            if not isinstance(weight, (int, float)) or weight != weight or weight < 0:
+                raise ValueError(f"weight of {key!r} must be a non-negative number, got {weight!r}")
+        return value
+
+
+class TrainConfig(_Strict):
+    lr: float = Field(2.0e-4, gt=0)
+    batch_size: int = Field(2, gt=0)
+    normal_batch_size: int | None = Field(None, gt=0)  # default: batch_size
+    max_steps: int = Field(60, gt=0)
+    seed: int = 8888
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    stop_forget_nll: float | None = Field(None, gt=0)
+    stop_extra_steps: int = Field(0, ge=0)
+    save_every: int | None = Field(None, gt=0)
+    max_kl: float | None = Field(None, gt=0)  # divergence guard on the normal-data KL
+    log_every: int = Field(1, gt=0)
+
+
+class OutputConfig(_Strict):
+    save: Literal["merged", "adapter", "both", "none"] = "merged"
+
+
+class RunConfig(_Strict):
+    model: ModelConfig = ModelConfig()
+    data: DataConfig
+    method: MethodConfig = MethodConfig()
+    train: TrainConfig = TrainConfig()
+    output: OutputConfig = OutputConfig()
+    eval: dict[str, Any] | None = None
+    select: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _lora_save(self):
+        if self.model.lora is None and self.output.save in ("adapter", "both"):
+            raise ValueError("output.save: adapter needs model.lora (a full fine-tune has no adapter)")
+        return self
+
+
+def _parse_scalar(text: str) -> Any:
+    return yaml.safe_load(text) if text.strip() else ""
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, value = item.split("=", 1)
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif isinstance(child, list) and len(child) == 1:
+                child = child[0]  # `data.normal.response=...` addresses a single-source list
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = _parse_scalar(value)
+    return raw
+
+
+def _format_validation_error(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif first["type"] == "missing":
+        message = "required key is missing"
+    return f"{source}: {where}: {message}"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                raw: dict | None = None) -> RunConfig:
+    """Read a YAML file (or take a dict), apply `key=value` overrides, validate."""
+    source = str(path) if path is not None else "config"
+    if raw is None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        base = path.parent
+    else:
+        base = Path(".")
+    raw = apply_overrides(_deep_copy(raw), overrides or [])
+    _resolve_paths(raw, base)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def _deep_copy(raw):
+    return yaml.safe_load(yaml.safe_dump(raw))
+
+
+def _resolve_paths(raw: dict, base: Path) -> None:
+    """Data paths in a config file are relative to the file, so configs travel with their data."""
+    data = raw.get("data")
+    sources = []
+    if isinstance(data, dict):
+        for key in ("forget", "normal", "mismatch_pool"):
+            value = data.get(key)
+            sources += value if isinstance(value, list) else [value]
+    evaluation = raw.get("eval")
+    if isinstance(evaluation, dict):
+        for task in evaluation.get("tasks", []) or []:
+            if isinstance(task, dict):
+                for value in task.values():
+                    sources += value if isinstance(value, list) else [value]
+    for source in sources:
+        if isinstance(source, dict) and isinstance(source.get("path"), str):
+            candidate = Path(source["path"]).expanduser()
+            if not candidate.is_absolute() and not candidate.exists() and (base / candidate).exists():
+                source["path"] = str(base / candidate)
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

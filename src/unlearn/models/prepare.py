@@ -1,0 +1,74 @@
+"""Make a model trainable (LoRA or full), give access to the original, and save results."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from unlearn.config import LoraConfig
+from unlearn.io import atomic_dir
+
+
+def apply_lora(model, lora: LoraConfig):
+    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+
+    config = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                            target_modules=lora.target_modules, task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def frozen_copy(model):
+    """The original model for a full fine-tune: a copy with gradients off, in eval mode."""
+    reference = copy.deepcopy(model)
+    reference.eval()
+    reference.requires_grad_(False)
+    return reference
+
+
+def num_layers(model) -> int | None:
+    config = getattr(model, "config", None)
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if config is not None and getattr(config, key, None):
+            return int(getattr(config, key))
+    return None
+
+
+def is_lora(model) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def save_model(model, tokenizer, output_dir: Path, save: str) -> dict[str, str]:
+    """Write `adapter/` and/or `model/` (merged, safetensors) atomically; returns the paths."""
+    paths = {}
+    if save == "none":
+        return paths
+    if is_lora(model) and save in ("adapter", "both"):
+        with atomic_dir(output_dir / "adapter") as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+        paths["adapter"] = str(output_dir / "adapter")
+    if save in ("merged", "both"):
+        merged = model
+        if is_lora(model):
+            merged = copy.deepcopy(model).merge_and_unload()
+        with atomic_dir(output_dir / "model") as tmp:
+            merged.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+        paths["model"] = str(output_dir / "model")
+    return paths
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    """Only what training changes: LoRA weights, or every parameter of a full fine-tune."""
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    missing = [name for name in state if name not in params]
+    if missing:
+        raise ValueError(f"checkpoint does not match the model (e.g. {missing[0]})")
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)

@@ -1,0 +1,120 @@
+"""Objectives: pure functions of (step outputs, method knobs) -> scalar loss, registered by name.
+
+Every objective reads answer-token quantities only (prompt and padding never carry loss). Token
+means are over all answer tokens of a group in the step (the usual causal-LM loss convention).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from unlearn.config import MethodConfig
+from unlearn.objectives.forward import Needs, StepOutputs
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    fn: Callable[[StepOutputs, MethodConfig], torch.Tensor]
+    groups: tuple[str, ...]  # row groups it reads; the step omits groups nobody reads
+    needs: Callable[[MethodConfig], Needs]
+    doc: str
+
+
+OBJECTIVES: dict[str, Objective] = {}
+
+
+def objective(name: str, groups: tuple[str, ...], needs: Callable[[MethodConfig], Needs] = lambda m: Needs()):
+    def register(fn):
+        OBJECTIVES[name] = Objective(name, fn, groups, needs, (fn.__doc__ or "").strip())
+        return fn
+    return register
+
+
+def mean_nll(out: StepOutputs, group: str) -> torch.Tensor:
+    logps = out.current.token_logps(group)
+    return -logps.mean() if logps.numel() else logps.new_zeros(())
+
+
+@objective("forget_ga", ("forget",))
+def forget_ga(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
+    """Gradient ascent: minimise the negated NLL of the unwanted answer tokens."""
+    return -mean_nll(out, "forget")
+
+
+@objective("mismatch", ("mismatch",))
+def mismatch(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
+    """NLL of random (or template) answers given the forget prompts: pulls forget prompts
+    towards harmless outputs."""
+    return mean_nll(out, "mismatch")
+
+
+@objective("retain_nll", ("normal",))
+def retain_nll(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
+    """Plain NLL on normal answers (keeps what must survive likely)."""
+    return mean_nll(out, "normal")
+
+
+@objective("kl_to_original", ("normal",), lambda m: Needs(full_logprobs={"normal"}, reference_full={"normal"}))
+def kl_to_original(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
+    """KL(p_original || p_current) over the full vocabulary at each normal answer token, averaged
+    over those tokens (the paper code's "KL" was a cross-entropy over every position)."""
+    current = out.current.full_logprobs["normal"]
+    original = out.reference.full_logprobs["normal"]
+    if not current.numel():
+        return current.new_zeros(())
+    return (original.exp() * (original - current)).sum(-1).mean()
+
+
+@objective("npo", ("forget",), lambda m: Needs(reference_logps={"forget"}))
+def npo(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
+    """Negative preference optimisation (Zhang et al. 2024): -(2/beta) * mean log sigmoid(
+    -beta * (log p(y|x) - log p_original(y|x))) over forget answers; bounded, unlike plain GA."""
+    beta = method.npo_beta
+    ratio = out.current.sequence_logps("forget") - out.reference.sequence_logps("forget")
+    return -(2.0 / beta) * F.logsigmoid(-beta * ratio).mean()
+
+
+@objective("simnpo", ("forget",))
+def simnpo(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
+    """SimNPO (Fan et al. 2024): NPO without a reference model, on the length-normalised
+    log-likelihood with a margin gamma: -(2/beta) * mean log sigmoid(-beta/|y| log p(y|x) - gamma)."""
+    beta, gamma = method.npo_beta, method.simnpo_gamma
+    normalised = out.current.sequence_logps("forget") / out.current.sequence_lengths("forget")
+    return -(2.0 / beta) * F.logsigmoid(-beta * normalised - gamma).mean()
+
+
+def _rmu_needs(method: MethodConfig) -> Needs:
+    return Needs(hidden_layer=method.rmu_layer, reference_hidden={"normal"})
+
+
+def _masked_mse(hidden: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    weights = mask.to(hidden.dtype).unsqueeze(-1)
+    return (((hidden - target) ** 2) * weights).sum() / (weights.sum() * hidden.shape[-1]).clamp(min=1)
+
+
+def rmu_direction(hidden_size: int, seed: int, steering: float) -> torch.Tensor:
+    """The fixed random unit direction (scaled by `steering`) RMU pushes forget activations to."""
+    generator = torch.Generator().manual_seed(seed)
+    direction = torch.rand(hidden_size, generator=generator)
+    return steering * direction / direction.norm()
+
+
+@objective("rmu_forget", ("forget",), _rmu_needs)
+def rmu_forget(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
+    """RMU (Li et al. 2024, WMDP): MSE between a layer's activations on forget rows and a fixed
+    random direction scaled by `rmu_steering`, which scrambles what later layers read."""
+    hidden, mask = out.current.group_hidden("forget")
+    target = rmu_direction(hidden.shape[-1], 0, method.rmu_steering).to(hidden)
+    return _masked_mse(hidden, target, mask)
+
+
+@objective("rmu_retain", ("normal",), _rmu_needs)
+def rmu_retain(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
+    """RMU's retain term: MSE between the layer's activations on normal rows and the original's."""
+    hidden, mask = out.current.group_hidden("normal")
+    original, _ = out.reference.group_hidden("normal")
+    return _masked_mse(hidden, original.to(hidden), mask)

@@ -1,0 +1,165 @@
+"""The training loop: one readable function. Data -> packed step batch -> one forward ->
+weighted objectives -> AdamW step, with logging, stop rules, checkpoints and a divergence guard."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from accelerate import Accelerator
+from transformers import get_linear_schedule_with_warmup
+
+from unlearn.config import TrainConfig
+from unlearn.data.batches import UnlearnData
+from unlearn.io import append_jsonl, atomic_write_jsonl, read_jsonl
+from unlearn.objectives.forward import Needs, step_forward
+from unlearn.objectives.methods import ResolvedMethod
+from unlearn.objectives.registry import OBJECTIVES, mean_nll
+from unlearn.training.checkpoint import latest_checkpoint, load_checkpoint, load_weights_only, save_checkpoint
+from unlearn.ui import progress
+
+log = logging.getLogger(__name__)
+
+
+class StepHook(Protocol):
+    """Runs after each optimizer step (e.g. validation-driven selection)."""
+
+    def after_step(self, step: int, model, row: dict) -> str | None: ...  # a stop reason, or None
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    stop_reason: str
+    diverged: bool = False
+    restored_step: int | None = None
+    log: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _log_row(step: int, outputs, losses: dict[str, torch.Tensor], total: torch.Tensor) -> dict:
+    row = {"step": step, "loss": float(total)}
+    for group in ("forget", "mismatch", "normal"):
+        if group in outputs.current.row_group:
+            row[f"{group}_nll"] = float(mean_nll(outputs, group))
+    if outputs.reference is not None and "normal" in outputs.reference.full_logprobs:
+        row["kl"] = float(OBJECTIVES["kl_to_original"].fn(outputs, None))
+    row.update({f"loss_{name}": float(value) for name, value in losses.items()})
+    return row
+
+
+def train(model, data: UnlearnData, method: ResolvedMethod, config: TrainConfig, output_dir: Path,
+          *, reference_model=None, hooks: list[StepHook] = (), resume: bool = False,
+          accelerator: Accelerator | None = None) -> TrainResult:
+    accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
+    torch.manual_seed(config.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    # the scheduler is stepped by hand once per optimizer step (accelerate would step it once per process)
+    scheduler = get_linear_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if reference_model is not None:
+        reference_model = reference_model.to(accelerator.device)
+    # logging always reads the KL on normal rows, so the reference pass over them always runs
+    needs = method.needs.merge(Needs(full_logprobs={"normal"}, reference_full={"normal"}))
+    log_path = output_dir / "train_log.jsonl"
+
+    start, loop_state = 0, {"over_threshold_since": None, "last_good": None}
+    if resume and (checkpoint := latest_checkpoint(output_dir)) is not None:
+        loop_state = load_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler)
+        start = loop_state.pop("step")
+        for hook, state in zip(hooks, loop_state.pop("hooks", [])):
+            hook.load_state_dict(state)
+        kept = [r for r in read_jsonl(log_path) if r.get("step", 0) <= start]
+        if accelerator.is_main_process:
+            atomic_write_jsonl(log_path, kept)
+        log.info("resumed from %s", checkpoint)
+    elif accelerator.is_main_process and log_path.exists():
+        log_path.unlink()
+
+    model.train()
+    stop_reason, diverged, started = "max_steps", False, time.perf_counter()
+    history: list[dict] = []
+    with progress(accelerator.is_main_process) as bar:
+        task = bar.add_task("unlearning", total=config.max_steps, completed=start, status="")
+        for step in range(start + 1, config.max_steps + 1):
+            tick = time.perf_counter()
+            rows, tokens = [], 0
+            for micro in range(config.grad_accum):
+                batch = data.step_batch((step - 1) * config.grad_accum + micro)
+                batch = batch.select(tuple(sorted(method.groups | {"forget", "normal"})))
+                batch.input_ids, batch.attention_mask, batch.labels = (
+                    t.to(accelerator.device) for t in (batch.input_ids, batch.attention_mask, batch.labels))
+                tokens += batch.answer_tokens
+                with accelerator.autocast():
+                    outputs = step_forward(model, batch, needs, reference_model)
+                    losses = {name: w * OBJECTIVES[name].fn(outputs, method.knobs)
+                              for name, w in method.weights.items()}
+                    total = sum(losses.values())
+                rows.append(_log_row(step, outputs, losses, total))
+                if not torch.isfinite(total):
+                    break
+                if micro < config.grad_accum - 1:
+                    with accelerator.no_sync(model):
+                        accelerator.backward(total / config.grad_accum)
+                else:
+                    accelerator.backward(total / config.grad_accum)
+            row = {k: sum(r[k] for r in rows) / len(rows) if k != "step" else step for k in rows[0]}
+            if not math.isfinite(row["loss"]) or (config.max_kl is not None and row.get("kl", 0) > config.max_kl):
+                what = "non-finite loss" if not math.isfinite(row["loss"]) else f"KL {row['kl']:.3g} > max_kl {config.max_kl}"
+                stop_reason, diverged = f"diverged at step {step}: {what}", True
+                optimizer.zero_grad(set_to_none=True)
+                break
+            row["grad_norm"] = float(accelerator.clip_grad_norm_(params, config.grad_clip or float("inf")))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            row.update(lr=scheduler.get_last_lr()[0], seconds=round(time.perf_counter() - tick, 4), tokens=tokens)
+
+            for hook in hooks:
+                reason = hook.after_step(step, model, row)
+                if reason and stop_reason == "max_steps":
+                    stop_reason = reason
+            if accelerator.is_main_process:
+                append_jsonl(log_path, row)
+            history.append(row)
+            bar.update(task, advance=1, status=_status(row))
+
+            if config.stop_forget_nll is not None and row.get("forget_nll", 0) > config.stop_forget_nll:
+                loop_state["over_threshold_since"] = loop_state["over_threshold_since"] or step
+            since = loop_state["over_threshold_since"]
+            if since is not None and step - since >= config.stop_extra_steps:
+                stop_reason = (f"forget NLL above stop_forget_nll={config.stop_forget_nll} since step {since}"
+                               + (f" (+{config.stop_extra_steps} steps)" if config.stop_extra_steps else ""))
+            if config.save_every and (step % config.save_every == 0 or stop_reason != "max_steps"):
+                loop_state["last_good"] = step
+                if accelerator.is_main_process:
+                    save_checkpoint(output_dir, step, accelerator.unwrap_model(model), optimizer, scheduler,
+                                    {**loop_state, "hooks": [h.state_dict() for h in hooks]})
+                accelerator.wait_for_everyone()
+            if stop_reason != "max_steps":
+                break
+
+    restored = None
+    if diverged:
+        checkpoint = latest_checkpoint(output_dir)
+        if checkpoint is not None:
+            load_weights_only(checkpoint, accelerator.unwrap_model(model))
+            restored = int(checkpoint.name.split("-")[1])
+            stop_reason += f"; output restored from the last good checkpoint (step {restored})"
+        else:
+            stop_reason += "; no earlier checkpoint (set train.save_every): the output is the last finite weights"
+    done = history[-1]["step"] if history else start
+    return TrainResult(done, stop_reason, diverged, restored, history, time.perf_counter() - started)
+
+
+def _status(row: dict) -> str:
+    parts = [f"forget_nll {row['forget_nll']:.2f}" if "forget_nll" in row else "",
+             f"kl {row['kl']:.3f}" if "kl" in row else "", f"loss {row['loss']:.3f}"]
+    return "  ".join(p for p in parts if p)
