@@ -64,17 +64,19 @@ def run_command(config: Path = typer.Argument(..., help="YAML config."),
                 allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (*.bin) weights.")):
     """Unlearn: train on the config's forget/normal data and save the model."""
     from unlearn.config import load_config
-    from unlearn.preflight import preflight
-    from unlearn.run import run
 
     overrides = list(set_ or [])
     overrides += ["model.trust_remote_code=true"] if trust_remote_code else []
     overrides += ["model.allow_pickle=true"] if allow_pickle else []
-    cfg = load_config(config, overrides)
+    cfg = load_config(config, overrides)  # before importing torch: a config error fails in a second
+    from unlearn.preflight import preflight
+    from unlearn.run import run
+
     preflight(cfg, output_dir, resume=resume, overwrite=overwrite)
     result = run(cfg, output_dir, resume=resume, overwrite=overwrite)
     _print_outcome(result)
-    if result.summary.get("diverged"):
+    if result.summary.get("diverged"):  # the output is written, but the run did not go as asked
+        print(f"error: run {result.summary['stop_reason']} (see {output_dir / 'summary.json'})", file=sys.stderr)
         raise typer.Exit(1)
 
 
@@ -136,12 +138,22 @@ def compare_command(config: Path = typer.Argument(...),
                     methods: str = typer.Option("paper,npo,simnpo,graddiff,idk,rmu", "--methods"),
                     output_dir: Path = typer.Option(..., "--output-dir", "-o"),
                     set_: Optional[list[str]] = SetOption,
-                    overwrite: bool = typer.Option(False, "--overwrite")):
+                    overwrite: bool = typer.Option(False, "--overwrite"),
+                    forget_metric: Optional[str] = typer.Option(
+                        None, "--forget-metric", help="Plotted forget metric, e.g. harmful_rate@unseen."),
+                    utility_metric: Optional[str] = typer.Option(
+                        None, "--utility-metric", help="Plotted utility metric, e.g. similarity_to_original@normal.")):
     """Run several methods on the same data and budget and write a leaderboard."""
     from unlearn.compare import compare
 
-    compare(config, [m.strip() for m in methods.split(",") if m.strip()], output_dir,
-            overrides=list(set_ or []), overwrite=overwrite)
+    board = compare(config, [m.strip() for m in methods.split(",") if m.strip()], output_dir,
+                    overrides=list(set_ or []), overwrite=overwrite, forget_metric=forget_metric,
+                    utility_metric=utility_metric)
+    failed = [row["method"] for row in board["rows"] if row["status"] == "failed"]
+    if failed:  # the leaderboard is written, but not every method ran
+        print(f"error: {len(failed)} of {len(board['rows'])} methods failed ({', '.join(failed)}; see "
+              f"{output_dir / 'leaderboard.json'})", file=sys.stderr)
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

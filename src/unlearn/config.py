@@ -5,14 +5,18 @@ overrides any key by its dotted path before validation, so a bad override fails 
 """
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from unlearn.errors import InputError
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError):
     """Bad user input in a config: the message names the file and the field."""
 
 
@@ -74,8 +78,16 @@ class DataConfig(_Strict):
     @field_validator("template")
     @classmethod
     def _template(cls, value: str):
-        if value not in ("auto", "raw") and ("{prompt}" not in value or not value.rstrip().endswith("{response}")):
-            raise ValueError("template must be 'auto', 'raw', or a format string with {prompt} and ending in {response}")
+        if value in ("auto", "raw"):
+            return value
+        head, found, tail = value.partition("{response}")
+        try:  # the prompt part must format with {prompt} alone, and really contain it
+            usable = found and not tail.strip() and "\0" in head.format(prompt="\0")
+        except (KeyError, IndexError, ValueError):
+            usable = False
+        if not usable:
+            raise ValueError("template must be 'auto', 'raw', or a format string with {prompt} and ending in "
+                             "{response} (write other braces doubled: {{ }})")
         return value
 
 
@@ -95,7 +107,7 @@ class MethodConfig(_Strict):
         if value is None:
             return value
         for key, weight in value.items():
-            if not isinstance(weight, (int, float)) or weight != weight or weight < 0:
+            if not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
                 raise ValueError(f"weight of {key!r} must be a non-negative number, got {weight!r}")
         return value
 
@@ -131,6 +143,18 @@ class RunConfig(_Strict):
     eval: dict[str, Any] | None = None
     select: dict[str, Any] | None = None
 
+    @field_validator("eval")
+    @classmethod
+    def _eval(cls, value):
+        if value is not None:  # typed in unlearn.evaluation.config; checked here so it fails at load time
+            from unlearn.evaluation.config import parse_eval_config
+
+            try:
+                parse_eval_config(value)
+            except ConfigError as exc:
+                raise ValueError(str(exc).removeprefix("eval: ")) from None
+        return value
+
     @model_validator(mode="after")
     def _lora_save(self):
         if self.model.lora is None and self.output.save in ("adapter", "both"):
@@ -139,7 +163,13 @@ class RunConfig(_Strict):
 
 
 def _parse_scalar(text: str) -> Any:
-    return yaml.safe_load(text) if text.strip() else ""
+    value = yaml.safe_load(text) if text.strip() else ""
+    if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads `1e-4` (no dot) as a string; `--set train.lr=1e-4` means a number
+    return value
+
+
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -162,12 +192,29 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def _format_validation_error(error: ValidationError, source: str) -> str:
+def _model_in(annotation) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for m in map(_model_in, get_args(annotation)) if m is not None), None)
+
+
+def _known_keys(model: type[BaseModel] | None, loc: tuple) -> list[str]:
+    """The keys allowed where `loc` points (empty when the path leaves the typed sections)."""
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if model is not None else None
+        model = _model_in(field.annotation) if field is not None else None
+    return list(model.model_fields) if model is not None else []
+
+
+def _format_validation_error(error: ValidationError, source: str, model: type[BaseModel] | None = None) -> str:
     first = error.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "(top level)"
     message = first["msg"]
     if first["type"] == "extra_forbidden":
-        message = "unknown key"
+        known = _known_keys(model, first["loc"])
+        message = "unknown key" + (f"; known keys: {', '.join(known)}" if known else "")
     elif first["type"] == "missing":
         message = "required key is missing"
     return f"{source}: {where}: {message}"
@@ -197,7 +244,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, source)) from None
+        raise ConfigError(_format_validation_error(exc, source, RunConfig)) from None
 
 
 def _deep_copy(raw):
@@ -218,6 +265,11 @@ def _resolve_paths(raw: dict, base: Path) -> None:
             if isinstance(task, dict):
                 for value in task.values():
                     sources += value if isinstance(value, list) else [value]
+        judge = evaluation.get("judge")
+        if isinstance(judge, dict):  # the judge's model folder and its labelled example files
+            sources.append(judge)
+            for key in ("harmful", "safe"):
+                sources += judge[key] if isinstance(judge.get(key), list) else [judge.get(key)]
     for source in sources:
         if isinstance(source, dict) and isinstance(source.get("path"), str):
             candidate = Path(source["path"]).expanduser()

@@ -1,8 +1,13 @@
-"""Errors that mean bad user input (exit code 2, one line, no traceback)."""
-from unlearn.config import ConfigError
-from unlearn.data.sources import DataError
-from unlearn.models.loading import ModelError
-from unlearn.objectives.methods import MethodError
-from unlearn.run import OutputDirError
+"""Bad user input: exit code 2, one line on stderr, no traceback (unless --debug).
 
-INPUT_ERRORS = (ConfigError, DataError, ModelError, MethodError, OutputDirError, FileNotFoundError)
+Each module raises its own subclass (ConfigError, DataError, ModelError, MethodError,
+OutputDirError) with a message naming the file, line or field. This module imports nothing, so the
+CLI can tell bad input from a failure without loading torch.
+"""
+
+
+class InputError(ValueError):
+    """Base of every error that means the user's input is wrong (not the program)."""
+
+
+INPUT_ERRORS = (InputError, FileNotFoundError)

@@ -1,49 +1,136 @@
-"""Checks that run before any heavy work, so bad input fails in seconds with a one-line error."""
+"""Checks that run before any heavy work (no weights loaded), so bad input fails in seconds with a
+one-line error naming the file, line or field. `unlearn run` calls `preflight` before `run`."""
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
-from unlearn.config import RunConfig
-from unlearn.data.sources import DataError, detect_format
+import yaml
+from pydantic import BaseModel
+
+from unlearn.config import ConfigError, RunConfig
+from unlearn.data.sources import DataError, detect_format, read_fields
+from unlearn.models.loading import check_causal_lm, check_weights, resolve_source
 from unlearn.objectives.methods import resolve_method
-from unlearn.run import RUN_MARKERS, OutputDirError
+from unlearn.run import RUN_FILES, RUN_FOLDERS, OutputDirError, refuse_existing_run
+
+# keys that may change between a run and its --resume: they do not change the steps already taken
+RESUMABLE_CHANGES = ("train.max_steps", "train.save_every", "train.log_every", "model.trust_remote_code",
+                     "model.allow_pickle", "output", "eval")
 
 
 def preflight(config: RunConfig, output_dir: Path, *, resume: bool = False, overwrite: bool = False) -> None:
+    output_dir = Path(output_dir)
     resolve_method(config.method)
-    sources = [("data.forget", config.data.forget)]
-    sources += [(f"data.normal[{i}]", s) for i, s in enumerate(config.data.normal)]
-    sources += [(f"data.mismatch_pool[{i}]", s) for i, s in enumerate(config.data.mismatch_pool or [])]
-    for where, source in sources:
+    for where, source in _data_files(config.data, "data"):
         if not Path(source.path).expanduser().is_file():
             raise DataError(f"{source.path}: data file not found ({where}.path)")
-        detect_format(source)
-    held = [m for m in RUN_MARKERS if (output_dir / m).exists()]
-    if held and not (resume or overwrite):
-        raise OutputDirError(f"{output_dir}: already holds a run ({held[0]}); pass --overwrite to replace it "
-                             "or --resume to continue it")
-    probe = output_dir if output_dir.exists() else output_dir.parent
+        if detect_format(source) != "text":  # malformed lines, unknown fields, nothing left after filtering
+            read_fields(source, (source.prompt, source.response))
+    if config.eval:
+        from unlearn.evaluation.config import parse_eval_config
+
+        for where, source in _data_files(parse_eval_config(config.eval), "eval"):
+            if not Path(source.path).expanduser().is_file():
+                raise DataError(f"{source.path}: data file not found ({where}.path)")
+    model_folder = _check_model(config)
+    _check_output_dir(config, output_dir, model_folder, resume, overwrite)
+    _check_disk(config, output_dir, model_folder)
+
+
+def _data_files(node, where: str):
+    """(config path, source) for every data file named under a config section."""
+    if isinstance(node, BaseModel):
+        if isinstance(getattr(node, "path", None), str) and "format" in type(node).model_fields:
+            yield where, node
+        for name in type(node).model_fields:
+            yield from _data_files(getattr(node, name), f"{where}.{name}")
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from _data_files(item, f"{where}[{index}]")
+
+
+def _check_model(config: RunConfig) -> Path | None:
+    """Alias, path and config.json checks; the local folder (or GGUF file) when there is one."""
+    kind, where = resolve_source(config.model.name)
+    if kind == "gguf":
+        return Path(where)
+    check_causal_lm(config.model.name, where, config.model.trust_remote_code)
+    if kind == "folder":
+        check_weights(Path(where), config.model.allow_pickle)
+        return Path(where)
+    return None
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _check_output_dir(config: RunConfig, output_dir: Path, model_folder: Path | None, resume: bool,
+                      overwrite: bool) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise OutputDirError(f"{output_dir}: exists and is not a folder")
+    out = output_dir.resolve()
+    inputs = [Path(s.path).expanduser().resolve() for _, s in _data_files(config.data, "data")]
+    if model_folder is not None:
+        model_folder = model_folder.resolve()
+        if model_folder.is_dir() and _inside(out, model_folder):
+            raise OutputDirError(f"{output_dir}: is inside the model folder {model_folder}; inputs are never "
+                                 "written to, choose another output folder")
+        inputs.append(model_folder)
+    for path in inputs:
+        for name in (*RUN_FOLDERS, *RUN_FILES):  # what the run writes, or --overwrite removes
+            if _inside(path, out / name):
+                raise OutputDirError(f"{output_dir}: the run would write or replace {out / name}, which holds "
+                                     f"the input {path}; choose another output folder")
+    refuse_existing_run(output_dir, resume, overwrite)
+    if resume and (output_dir / "config.yaml").is_file():
+        changed = _first_change(yaml.safe_load((output_dir / "config.yaml").read_text()),
+                                config.model_dump(mode="json"))
+        if changed:
+            raise ConfigError(f"{output_dir / 'config.yaml'}: {changed} differs from this run's config; --resume "
+                              "continues the same run (only train.max_steps, train.save_every, train.log_every, "
+                              "output and eval may change)")
+
+
+def _first_change(saved, current, where: str = "") -> str | None:
+    if where.lstrip(".") in RESUMABLE_CHANGES:
+        return None
+    if isinstance(saved, dict) and isinstance(current, dict):
+        for key in dict.fromkeys([*saved, *current]):
+            found = _first_change(saved.get(key), current.get(key), f"{where}.{key}")
+            if found:
+                return found
+        return None
+    return where.lstrip(".") if saved != current else None
+
+
+def _check_disk(config: RunConfig, output_dir: Path, model_folder: Path | None) -> None:
+    probe = output_dir
     while not probe.exists():
         probe = probe.parent
     free = shutil.disk_usage(probe).free
-    need = _estimate_output_bytes(config)
+    need = _estimate_output_bytes(config, model_folder)
     if need and free < need:
-        raise OutputDirError(f"{output_dir}: {free / 2**30:.1f} GiB free, the model needs about "
-                             f"{need / 2**30:.1f} GiB (checkpoints and saved weights)")
+        raise OutputDirError(f"{output_dir}: {_size(free)} free, the run needs about {_size(need)} "
+                             "(saved model and checkpoints)")
 
 
-def _estimate_output_bytes(config: RunConfig) -> int:
-    """Rough size of what a run writes: the saved model plus one checkpoint."""
-    from unlearn.models.loading import resolve_source
+def _size(count: int) -> str:
+    return f"{count / 2**30:.1f} GiB" if count >= 2**30 else f"{count / 2**20:.1f} MiB"
 
-    try:
-        kind, where = resolve_source(config.model.name)
-    except Exception:  # noqa: BLE001 - resolution errors are reported by the loader itself
+
+def _estimate_output_bytes(config: RunConfig, model_folder: Path | None) -> int:
+    """Rough size of what a run writes, from the size of the weights on disk (0: unknown, a hub id)."""
+    if model_folder is None:
         return 0
-    if kind == "hub":
-        return 0
-    folder = Path(where) if kind == "folder" else None
-    weights = sum(p.stat().st_size for p in folder.glob("*.safetensors")) if folder else Path(where).stat().st_size * 4
-    copies = (config.output.save in ("merged", "both")) + (config.train.save_every is not None) * 3
-    return int(weights * max(copies, 1))
+    if model_folder.is_dir():
+        weights = sum(p.stat().st_size for p in model_folder.glob("*.safetensors"))
+        weights = weights or sum(p.stat().st_size for p in model_folder.glob("*.bin"))
+    else:
+        weights = model_folder.stat().st_size * 4  # a quantised GGUF grows when dequantised
+    saved = config.output.save in ("merged", "both")
+    # a full fine-tune checkpoint holds the weights and two AdamW moments; the old one is deleted
+    # only after the new one is complete, so two can coexist
+    checkpoints = 6 if config.train.save_every and config.model.lora is None else 0
+    return int(weights * max(saved + checkpoints, 1))

@@ -7,20 +7,26 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from unlearn.config import RunConfig, dump_config, load_config
+import torch
+
+from unlearn.config import ConfigError, RunConfig, dump_config, load_config
 from unlearn.data.batches import build_data
+from unlearn.errors import InputError
 from unlearn.io import atomic_write_json, atomic_write_text
 from unlearn.models.loading import load_model
 from unlearn.models.prepare import apply_lora, frozen_copy, num_layers, save_model
 from unlearn.objectives.methods import resolve_method
+from unlearn.training.distributed import process_state, whole_model
 from unlearn.training.loop import train
 
 log = logging.getLogger(__name__)
 
 RUN_MARKERS = ("config.yaml", "train_log.jsonl", "summary.json", "metrics.json")
+RUN_FILES = (*RUN_MARKERS, "generations.jsonl", "report.html", "report.md", "negatives.jsonl")
+RUN_FOLDERS = ("checkpoints", "model", "adapter", "plots")  # RUN_FILES and RUN_FOLDERS: what --overwrite removes
 
 
-class OutputDirError(ValueError):
+class OutputDirError(InputError):
     pass
 
 
@@ -32,15 +38,19 @@ class RunResult:
     metrics: dict | None = None
 
 
-def prepare_output_dir(output_dir: Path, resume: bool, overwrite: bool) -> None:
+def refuse_existing_run(output_dir: Path, resume: bool, overwrite: bool) -> None:
     held = [m for m in RUN_MARKERS if (output_dir / m).exists()]
     if held and not (resume or overwrite):
         raise OutputDirError(f"{output_dir}: already holds a run ({held[0]}); pass --overwrite to replace it "
                              "or --resume to continue it")
+
+
+def prepare_output_dir(output_dir: Path, resume: bool, overwrite: bool) -> None:
+    refuse_existing_run(output_dir, resume, overwrite)
     if overwrite and not resume:
-        for name in (*RUN_MARKERS, "generations.jsonl", "report.html", "report.md", "negatives.jsonl"):
+        for name in RUN_FILES:
             (output_dir / name).unlink(missing_ok=True)
-        for folder in ("checkpoints", "model", "adapter", "plots"):
+        for folder in RUN_FOLDERS:
             shutil.rmtree(output_dir / folder, ignore_errors=True)
     output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -51,7 +61,10 @@ def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: li
     if not isinstance(config, RunConfig):
         config = load_config(config, overrides)
     output_dir = Path(output_dir)
-    prepare_output_dir(output_dir, resume, overwrite)
+    state = process_state()  # under `accelerate launch`, only the main process writes files
+    if state.is_main_process:
+        prepare_output_dir(output_dir, resume, overwrite)
+    state.wait_for_everyone()
     wall = {}
     started = time.perf_counter()
 
@@ -63,11 +76,12 @@ def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: li
                       normal_batch_size=train_cfg.normal_batch_size or train_cfg.batch_size,
                       mismatch_k=method.knobs.mismatch_k if "mismatch" in method.weights else 0,
                       mismatch_answers=method.mismatch_answers)
-    atomic_write_text(output_dir / "config.yaml", dump_config(config))
+    if state.is_main_process:
+        atomic_write_text(output_dir / "config.yaml", dump_config(config))
     wall["load"] = time.perf_counter() - started
 
     evaluator = None
-    if config.eval:
+    if config.eval and state.is_main_process:
         from unlearn.evaluation.runner import Evaluator
 
         evaluator = Evaluator(config.eval, tokenizer, config.data, output_dir)
@@ -77,6 +91,7 @@ def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: li
 
     reference = None
     if config.model.lora is not None:
+        torch.manual_seed(train_cfg.seed)  # LoRA's random init: the same seed gives the same run
         model = apply_lora(model, config.model.lora)
     else:
         reference = frozen_copy(model)
@@ -87,15 +102,19 @@ def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: li
 
     hooks = []
     if config.select:
-        from unlearn.training.select import Selector
-
-        hooks.append(Selector(config.select, tokenizer, config.data, output_dir))
+        hooks.append(_selector(config, tokenizer, output_dir, reference))
     tick = time.perf_counter()
     result = train(model, data, method, train_cfg, output_dir, reference_model=reference, hooks=hooks,
                    resume=resume)
     wall["train"] = time.perf_counter() - tick
     for hook in hooks:
         hook.finish(model)
+    if not state.is_main_process:
+        return RunResult(output_dir, {"steps": result.steps, "stop_reason": result.stop_reason,
+                                      "diverged": result.diverged}, {})
+    if result.full_state is not None:  # sharded training (FSDP, ZeRO-3): save the gathered weights
+        model = whole_model(config, result.full_state)
+        reference = frozen_copy(load_model(config.model.name, config.model.dtype)[0]) if reference is not None else None
 
     tick = time.perf_counter()
     paths = save_model(model, tokenizer, output_dir, config.output.save)
@@ -110,7 +129,8 @@ def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: li
     summary = {
         "method": method.method.name, "weights": method.weights, "steps": result.steps,
         "max_steps": train_cfg.max_steps, "stop_reason": result.stop_reason, "diverged": result.diverged,
-        "restored_step": result.restored_step, "train_seconds": round(result.seconds, 2),
+        "restored_step": result.restored_step, "processes": state.num_processes,
+        "train_seconds": round(result.seconds, 2),
         "wall_seconds": {k: round(v, 2) for k, v in wall.items()},
         "total_seconds": round(time.perf_counter() - started, 2), "outputs": paths,
         "final": result.log[-1] if result.log else None,
@@ -123,3 +143,26 @@ def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: li
 
         build_report(output_dir)
     return RunResult(output_dir, summary, paths, metrics)
+
+
+def _selector(config: RunConfig, tokenizer, output_dir: Path, reference):
+    """Validation every `select.every` steps with a cheap copy of the eval section (or `select.eval`)."""
+    from unlearn.evaluation.runner import Evaluator
+    from unlearn.training.select import SelectConfig, Selector
+
+    select = SelectConfig.model_validate(config.select)
+    eval_raw = select.eval
+    if eval_raw is None:
+        if not config.eval:
+            raise ConfigError("select: needs an eval: section (or select.eval) to validate with")
+        eval_raw = dict(config.eval)
+        generation = dict(eval_raw.get("generation") or {})
+        generation["max_new_tokens"] = min(generation.get("max_new_tokens", 48), 32)
+        eval_raw["generation"] = generation
+        eval_raw["max_rows"] = min(eval_raw.get("max_rows") or 16, 16)
+    evaluator = Evaluator(eval_raw, tokenizer, config.data, output_dir / "validation")
+
+    def validate(model, step: int) -> dict[str, float]:
+        return evaluator.evaluate(model, stage="before" if step == 0 else f"step-{step}", reference_model=reference)
+
+    return Selector(select, validate, output_dir)

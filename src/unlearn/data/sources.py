@@ -1,19 +1,26 @@
 """Read (prompt, response) pairs from local JSONL, JSON, CSV, Parquet or plain-text files.
 
-Structured files go through `datasets`; JSONL is checked line by line first so a malformed line
-is reported as file:line. Plain text is cut into token windows (copyright task): the first
-`prompt_tokens` tokens of each window are the prompt, the rest the response.
+Files are read with the standard library (Parquet with pyarrow), so values arrive exactly as
+written (no '007' -> 7.0, no 'NA' -> missing), nothing is written to a cache, and errors name
+file:line. Plain text is cut into token windows (copyright task): the first `prompt_tokens`
+tokens of each window are the prompt, the rest the response.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from unlearn.config import SourceConfig
+from unlearn.errors import InputError
+
+log = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """Bad user data; the message names the file, line or field."""
 
 
@@ -37,83 +44,137 @@ def detect_format(source: SourceConfig) -> str:
     return FORMATS[suffix]
 
 
-def _check_jsonl(path: Path) -> None:
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{number}: malformed JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+def _decode(data: bytes, path: Path, line: int | None = None) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = line or data[:exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte {data[exc.start]:#04x})") from None
 
 
-def _read_table(path: Path, kind: str) -> list[dict]:
-    import datasets
-
-    datasets.disable_progress_bars()
-    if kind == "jsonl":
-        _check_jsonl(path)
-        builder = "json"
-    elif kind == "json":
+def _jsonl_rows(path: Path) -> list[tuple[str, dict]]:
+    rows = []
+    for number, raw in enumerate(path.read_bytes().split(b"\n"), 1):
+        line = _decode(raw, path, number)
+        if not line.strip():
+            continue
         try:
-            json.loads(path.read_text(encoding="utf-8"))
+            row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
-        builder = "json"
-    else:
-        builder = kind
-    if path.stat().st_size == 0:
+            raise DataError(f"{path}:{number}: malformed JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+        rows.append((f"{path}:{number}", row))
+    return rows
+
+
+def _json_rows(path: Path) -> list[tuple[str, dict]]:
+    text = _decode(path.read_bytes(), path)
+    if not text.strip():
         return []
     try:
-        table = datasets.load_dataset(builder, data_files=str(path), split="train",
-                                      keep_in_memory=True, cache_dir=None)
-    except Exception as exc:  # datasets wraps parser errors in many types
-        raise DataError(f"{path}: could not read as {kind} ({str(exc).splitlines()[0][:200]})") from None
-    return table.to_list()
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+    if isinstance(data, dict) and data and all(isinstance(v, list) for v in data.values()):
+        columns = list(data)  # column-oriented: {"question": [...], "answer": [...]}
+        if len({len(v) for v in data.values()}) > 1:
+            raise DataError(f"{path}: columns have different lengths ({', '.join(columns)})")
+        data = [dict(zip(columns, values)) for values in zip(*data.values())]
+    if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
+        raise DataError(f"{path}: expected a list of JSON objects (or an object of equal-length lists)")
+    return [(f"{path}: item {index + 1}", row) for index, row in enumerate(data)]
 
 
-def _field(row: dict, name: str, path: Path, index: int, columns: list[str]) -> str:
+def _csv_rows(path: Path) -> list[tuple[str, dict]]:
+    # the csv module keeps every cell as written: '007' stays '007', 'NA' stays 'NA'; strict, so a
+    # stray quote is an error instead of a cell that swallows the rows after it
+    csv.field_size_limit(2**31 - 1)
+    reader = csv.DictReader(io.StringIO(_decode(path.read_bytes(), path), newline=""), strict=True)
+    rows, start = [], 1  # the line where the record being read starts
+    try:
+        reader.fieldnames  # reads the header
+        start = reader.line_num + 1
+        for row in reader:
+            rows.append((f"{path}:{start}", {k: v for k, v in row.items() if k is not None}))
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise DataError(f"{path}:{start}: malformed CSV ({exc})") from None
+    return rows
+
+
+def _parquet_rows(path: Path) -> list[tuple[str, dict]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a bad file
+        raise DataError(f"{path}: could not read as parquet ({str(exc).splitlines()[0][:200]})") from None
+    return [(f"{path}: row {index + 1}", row) for index, row in enumerate(table.to_pylist())]
+
+
+READERS = {"jsonl": _jsonl_rows, "json": _json_rows, "csv": _csv_rows, "parquet": _parquet_rows}
+
+
+def _field(row: dict, name: str, where: str) -> str:
     if name not in row:
-        raise DataError(f"{path}: unknown field {name!r}; fields are: {', '.join(columns)}")
+        raise DataError(f"{where}: no field {name!r} in this row (it has: {', '.join(map(str, row))})")
     value = row[name]
     if value is None:
         return ""
     if isinstance(value, (list, tuple)):  # e.g. several reference answers: take the first
         value = value[0] if value else ""
     if not isinstance(value, (str, int, float)):
-        raise DataError(f"{path}: row {index + 1}: field {name!r} is a {type(value).__name__}, expected text")
-    return str(value)
+        raise DataError(f"{where}: field {name!r} is a {type(value).__name__}, expected text")
+    value = str(value)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a JSON escape such as "\ud800"
+        raise DataError(f"{where}: field {name!r} is not valid unicode (lone surrogate)") from None
+    return value
+
+
+def read_fields(source, names: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """The named fields of every row of a structured file (jsonl, json, csv, parquet), as text.
+    Rows with an empty field are skipped (with a warning); then `skip` and `limit` apply."""
+    path = Path(source.path).expanduser()
+    if not path.is_file():
+        raise DataError(f"{path}: data file not found")
+    rows = READERS[detect_format(source)](path)
+    columns = list(dict.fromkeys(key for _, row in rows for key in row))
+    for name in names:
+        if rows and name not in columns:
+            raise DataError(f"{path}: unknown field {name!r}; fields are: {', '.join(map(str, columns))}")
+    records = []
+    for where, row in rows:
+        values = tuple(_field(row, name, where) for name in names)
+        if all(value.strip() for value in values):
+            records.append(values)
+    if len(records) < len(rows):
+        log.warning("%s: %d rows skipped (an empty %s)", path, len(rows) - len(records), " or ".join(map(repr, names)))
+    records = records[source.skip:]
+    records = records[: source.limit] if source.limit is not None else records
+    if not records:
+        raise DataError(f"{path}: no usable rows (empty file, or every row has an empty "
+                        f"{' or '.join(map(repr, names))})")
+    return records
 
 
 def read_pairs(source: SourceConfig, tokenizer=None) -> list[Pair]:
     """All usable pairs of a source (rows with an empty prompt or response are skipped)."""
+    if detect_format(source) != "text":
+        return [Pair(*fields) for fields in read_fields(source, (source.prompt, source.response))]
     path = Path(source.path).expanduser()
     if not path.is_file():
         raise DataError(f"{path}: data file not found")
-    kind = detect_format(source)
-    if kind == "text":
-        if tokenizer is None:
-            raise DataError(f"{path}: plain-text data needs a tokenizer to cut token windows")
-        pairs = text_windows(path.read_text(encoding="utf-8", errors="replace"), tokenizer,
-                             source.window_tokens, source.prompt_tokens)
-    else:
-        rows = _read_table(path, kind)
-        columns = list(rows[0].keys()) if rows else []
-        pairs = []
-        for index, row in enumerate(rows):
-            prompt = _field(row, source.prompt, path, index, columns)
-            response = _field(row, source.response, path, index, columns)
-            if prompt.strip() and response.strip():
-                pairs.append(Pair(prompt, response))
-    pairs = pairs[source.skip:]
-    if source.limit is not None:
-        pairs = pairs[: source.limit]
+    if tokenizer is None:
+        raise DataError(f"{path}: plain-text data needs a tokenizer to cut token windows")
+    pairs = text_windows(path.read_text(encoding="utf-8", errors="replace"), tokenizer,
+                         source.window_tokens, source.prompt_tokens)[source.skip:]
+    pairs = pairs[: source.limit] if source.limit is not None else pairs
     if not pairs:
-        raise DataError(f"{path}: no usable rows (empty file, or every row has an empty "
-                        f"{source.prompt!r} or {source.response!r})")
+        raise DataError(f"{path}: no text windows of {source.window_tokens} tokens (the file is shorter, "
+                        "or skip: is past the end)")
     return pairs
 
 

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import torch
 
+from unlearn.errors import InputError
+
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class ModelError(ValueError):
+class ModelError(InputError):
     """A model source that cannot be loaded; the message says which and why."""
 
 
@@ -119,12 +121,13 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
 
 
 def _hub_message(name: str, exc: Exception) -> str:
+    known = "" if "/" in name else f"not a known alias ({', '.join(sorted(ALIASES))}) or local path, and "
     if os.environ.get("HF_HUB_OFFLINE") == "1":
-        return f"{name}: not in the local Hugging Face cache and HF_HUB_OFFLINE=1 (no download attempted)"
-    return f"{name}: could not load ({str(exc).splitlines()[0]})"
+        return f"{name}: {known}not in the local Hugging Face cache and HF_HUB_OFFLINE=1 (no download attempted)"
+    return f"{name}: {known}could not load ({str(exc).splitlines()[0]})"
 
 
-def _check_weights(folder: Path, allow_pickle: bool) -> None:
+def check_weights(folder: Path, allow_pickle: bool) -> None:
     if not isinstance(folder, Path):
         return
     has_safe = any(folder.glob("*.safetensors"))
@@ -134,22 +137,33 @@ def _check_weights(folder: Path, allow_pickle: bool) -> None:
                          "convert them to safetensors or pass --allow-pickle")
 
 
-def load_model(name: str, dtype: str = "float32", trust_remote_code: bool = False,
-               allow_pickle: bool = False):
-    """Load a causal LM and its tokenizer from an alias, folder, hub id or GGUF file."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+def check_causal_lm(name: str, folder: Path | str, trust_remote_code: bool = False):
+    """Read only the model's config (no weights) and refuse anything that is not a causal LM."""
+    from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    folder = local_folder(name)
-    _check_weights(folder, allow_pickle)
     try:
         config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except OSError as exc:
         raise ModelError(_hub_message(name, exc)) from None
     except ValueError as exc:
+        if "custom code" in str(exc):
+            raise ModelError(f"{name}: the model ships its own Python code (auto_map in config.json), which is "
+                             "not run unless you pass --trust-remote-code") from None
         raise ModelError(f"{name}: {str(exc).splitlines()[0]}") from None
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not trust_remote_code:
         raise ModelError(f"{name}: model type {config.model_type!r} is not a causal LM")
+    return config
+
+
+def load_model(name: str, dtype: str = "float32", trust_remote_code: bool = False,
+               allow_pickle: bool = False):
+    """Load a causal LM and its tokenizer from an alias, folder, hub id or GGUF file."""
+    from transformers import AutoModelForCausalLM
+
+    folder = local_folder(name)
+    check_weights(folder, allow_pickle)
+    check_causal_lm(name, folder, trust_remote_code)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             folder, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,

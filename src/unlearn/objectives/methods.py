@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from unlearn.config import MethodConfig
+from unlearn.errors import InputError
 from unlearn.objectives.forward import Needs
 from unlearn.objectives.registry import OBJECTIVES
 
@@ -21,7 +22,7 @@ DEFAULT_REFUSALS = [
 ]
 
 
-class MethodError(ValueError):
+class MethodError(InputError):
     pass
 
 
@@ -44,16 +45,18 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            "Gradient difference: ascent on forget answers, descent on normal answers."),
     Method("npo", {"npo": 1.0, "retain_nll": 1.0},
            "Negative preference optimisation with a retain NLL term (NPO+RT, Zhang et al. 2024)."),
-    Method("simnpo", {"simnpo": 1.0, "retain_nll": 1.0},
-           "SimNPO (Fan et al. 2024): reference-free, length-normalised NPO, plus retain NLL.",
+    Method("simnpo", {"simnpo": 0.1375, "retain_nll": 1.0},
+           "SimNPO (Fan et al. 2024): reference-free, length-normalised NPO, plus retain NLL "
+           "(weights and beta: the paper's TOFU forget05 setting).",
            defaults={"npo_beta": 2.5}),
     Method("idk", {"forget_ga": 0.5, "mismatch": 1.0, "kl_to_original": 1.0},
            "The paper's templated variant (section 9.2): mismatch answers replaced by short refusals, "
            "so forget prompts get readable refusals instead of random text.",
            refusal_targets=True, defaults={"mismatch_k": 1}),
-    Method("rmu", {"rmu_forget": 1.0, "rmu_retain": 100.0},
+    Method("rmu", {"rmu_forget": 1.0, "rmu_retain": 1200.0},
            "RMU (Li et al. 2024): steer one layer's activations on forget rows to a random direction, "
-           "keep them equal to the original's on normal rows."),
+           "keep them equal to the original's on normal rows (alpha 1200 with steering 6.5: the "
+           "paper's Zephyr-7B setting)."),
 ]}
 
 
@@ -93,4 +96,9 @@ def resolve_method(config: MethodConfig, num_layers: int | None = None) -> Resol
     if knobs.rmu_layer is None and num_layers:
         knobs = knobs.model_copy(update={"rmu_layer": max(0, num_layers // 3)})
     answers = (config.refusals or DEFAULT_REFUSALS) if method.refusal_targets else None
-    return ResolvedMethod(method, weights, knobs, answers)
+    resolved = ResolvedMethod(method, weights, knobs, answers)
+    layer = resolved.needs.hidden_layer  # hidden_states[layer + 1] is read: a bad index must fail before training
+    if layer is not None and (layer < 0 or (num_layers and layer >= num_layers)):
+        raise MethodError(f"method.rmu_layer: {layer} is not a decoder layer of this model"
+                          + (f" (0..{num_layers - 1})" if num_layers else ""))
+    return resolved

@@ -1,0 +1,1 @@
+"""Run reports: report.html (self-contained) and report.md from the files a run folder holds."""

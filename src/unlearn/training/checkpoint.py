@@ -29,11 +29,15 @@ def save_checkpoint(output_dir: Path, step: int, model, optimizer, scheduler, lo
     target = checkpoint_root(output_dir) / f"step-{step}"
     with atomic_dir(target) as tmp:
         save_file({k: v.contiguous() for k, v in trainable_state(model).items()}, str(tmp / "trainable.safetensors"))
+        kind, keys, position, has_gauss, gauss = np.random.get_state()
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
-                    "numpy_rng": np.random.get_state()}, tmp / "state.pt")
+                    "numpy_rng": [kind, keys.tolist(), position, has_gauss, gauss],
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+                   tmp / "state.pt")
         (tmp / "loop.json").write_text(json.dumps({"step": step, **loop_state}))
-    for older in checkpoint_root(output_dir).glob("step-*"):
+    # the new checkpoint is complete: drop older ones and temp folders left by a killed save
+    for older in checkpoint_root(output_dir).iterdir():
         if older != target:
             shutil.rmtree(older, ignore_errors=True)
     return target
@@ -41,13 +45,16 @@ def save_checkpoint(output_dir: Path, step: int, model, optimizer, scheduler, lo
 
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     load_trainable_state(model, load_file(str(path / "trainable.safetensors")))
-    # our own file, written by save_checkpoint: optimizer state and RNG tuples need full unpickling
-    state = torch.load(path / "state.pt", weights_only=False)
+    # tensors and plain values only, so the safe unpickler reads it (no code runs on load)
+    state = torch.load(path / "state.pt", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     random.setstate(state["python_rng"])
-    np.random.set_state(state["numpy_rng"])
+    kind, keys, position, has_gauss, gauss = state["numpy_rng"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, gauss))
+    if state.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
     return json.loads((path / "loop.json").read_text())
 
 

@@ -20,6 +20,8 @@ from unlearn.objectives.forward import Needs, step_forward
 from unlearn.objectives.methods import ResolvedMethod
 from unlearn.objectives.registry import OBJECTIVES, mean_nll
 from unlearn.training.checkpoint import latest_checkpoint, load_checkpoint, load_weights_only, save_checkpoint
+from unlearn.training.distributed import (SHARDED, agreed_row, batch_index, gathered_state, make_accelerator,
+                                          prepare_reference)
 from unlearn.ui import progress
 
 log = logging.getLogger(__name__)
@@ -28,7 +30,10 @@ log = logging.getLogger(__name__)
 class StepHook(Protocol):
     """Runs after each optimizer step (e.g. validation-driven selection)."""
 
+    def before_training(self, model) -> None: ...
     def after_step(self, step: int, model, row: dict) -> str | None: ...  # a stop reason, or None
+    def finish(self, model) -> None: ...  # e.g. load the selected weights
+    def summary(self) -> dict: ...  # merged into summary.json
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
 
@@ -41,31 +46,31 @@ class TrainResult:
     restored_step: int | None = None
     log: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    full_state: dict | None = None  # gathered weights of a sharded (FSDP, ZeRO-3) model, main process only
 
 
 def _log_row(step: int, outputs, losses: dict[str, torch.Tensor], total: torch.Tensor) -> dict:
-    row = {"step": step, "loss": float(total)}
+    row = {"step": step, "loss": total.item()}
     for group in ("forget", "mismatch", "normal"):
         if group in outputs.current.row_group:
-            row[f"{group}_nll"] = float(mean_nll(outputs, group))
+            row[f"{group}_nll"] = mean_nll(outputs, group).item()
     if outputs.reference is not None and "normal" in outputs.reference.full_logprobs:
-        row["kl"] = float(OBJECTIVES["kl_to_original"].fn(outputs, None))
-    row.update({f"loss_{name}": float(value) for name, value in losses.items()})
+        row["kl"] = OBJECTIVES["kl_to_original"].fn(outputs, None).item()
+    row.update({f"loss_{name}": value.item() for name, value in losses.items()})
     return row
 
 
 def train(model, data: UnlearnData, method: ResolvedMethod, config: TrainConfig, output_dir: Path,
           *, reference_model=None, hooks: list[StepHook] = (), resume: bool = False,
           accelerator: Accelerator | None = None) -> TrainResult:
-    accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
+    accelerator = accelerator or make_accelerator(config.mixed_precision)
     torch.manual_seed(config.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     # the scheduler is stepped by hand once per optimizer step (accelerate would step it once per process)
     scheduler = get_linear_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    if reference_model is not None:
-        reference_model = reference_model.to(accelerator.device)
+    reference_model = prepare_reference(accelerator, reference_model)
     # logging always reads the KL on normal rows, so the reference pass over them always runs
     needs = method.needs.merge(Needs(full_logprobs={"normal"}, reference_full={"normal"}))
     log_path = output_dir / "train_log.jsonl"
@@ -83,6 +88,8 @@ def train(model, data: UnlearnData, method: ResolvedMethod, config: TrainConfig,
     elif accelerator.is_main_process and log_path.exists():
         log_path.unlink()
 
+    for hook in hooks:
+        hook.before_training(model)
     model.train()
     stop_reason, diverged, started = "max_steps", False, time.perf_counter()
     history: list[dict] = []
@@ -92,31 +99,34 @@ def train(model, data: UnlearnData, method: ResolvedMethod, config: TrainConfig,
             tick = time.perf_counter()
             rows, tokens = [], 0
             for micro in range(config.grad_accum):
-                batch = data.step_batch((step - 1) * config.grad_accum + micro)
+                batch = data.step_batch(batch_index(step, micro, config.grad_accum, accelerator))
                 batch = batch.select(tuple(sorted(method.groups | {"forget", "normal"})))
                 batch.input_ids, batch.attention_mask, batch.labels = (
                     t.to(accelerator.device) for t in (batch.input_ids, batch.attention_mask, batch.labels))
                 tokens += batch.answer_tokens
                 with accelerator.autocast():
-                    outputs = step_forward(model, batch, needs, reference_model)
+                    outputs = step_forward(model, batch, needs, reference_model,
+                                           split_rows=accelerator.distributed_type not in SHARDED)
                     losses = {name: w * OBJECTIVES[name].fn(outputs, method.knobs)
                               for name, w in method.weights.items()}
                     total = sum(losses.values())
                 rows.append(_log_row(step, outputs, losses, total))
-                if not torch.isfinite(total):
-                    break
+                if not torch.isfinite(total) and accelerator.num_processes == 1:
+                    break  # (with several processes all must reach the all-reduce; the agreed row stops them)
                 if micro < config.grad_accum - 1:
                     with accelerator.no_sync(model):
                         accelerator.backward(total / config.grad_accum)
                 else:
                     accelerator.backward(total / config.grad_accum)
             row = {k: sum(r[k] for r in rows) / len(rows) if k != "step" else step for k in rows[0]}
+            row, tokens = agreed_row(accelerator, row, tokens)
             if not math.isfinite(row["loss"]) or (config.max_kl is not None and row.get("kl", 0) > config.max_kl):
                 what = "non-finite loss" if not math.isfinite(row["loss"]) else f"KL {row['kl']:.3g} > max_kl {config.max_kl}"
                 stop_reason, diverged = f"diverged at step {step}: {what}", True
                 optimizer.zero_grad(set_to_none=True)
                 break
-            row["grad_norm"] = float(accelerator.clip_grad_norm_(params, config.grad_clip or float("inf")))
+            norm = accelerator.clip_grad_norm_(params, config.grad_clip or float("inf"))
+            row["grad_norm"] = float(norm) if norm is not None else None  # DeepSpeed clips inside its step
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -156,7 +166,8 @@ def train(model, data: UnlearnData, method: ResolvedMethod, config: TrainConfig,
         else:
             stop_reason += "; no earlier checkpoint (set train.save_every): the output is the last finite weights"
     done = history[-1]["step"] if history else start
-    return TrainResult(done, stop_reason, diverged, restored, history, time.perf_counter() - started)
+    return TrainResult(done, stop_reason, diverged, restored, history, time.perf_counter() - started,
+                       gathered_state(accelerator, model))
 
 
 def _status(row: dict) -> str:

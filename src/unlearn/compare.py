@@ -1,0 +1,309 @@
+"""`unlearn compare`: several methods on the same data, budget and `eval:` section -> a leaderboard.
+
+Each method is one `unlearn run` into OUTPUT_DIR/<method>/ (its own model, metrics and report).
+OUTPUT_DIR then gets leaderboard.json, leaderboard.md and frontier.png: forget efficacy against
+utility, one point per method plus the original model. A method that fails is recorded in its row
+and the others still run.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+from matplotlib.figure import Figure
+
+from unlearn.config import ConfigError, MethodConfig, RunConfig, load_config
+from unlearn.evaluation.config import EvalConfig, parse_eval_config
+from unlearn.io import atomic_write_json, atomic_write_text
+from unlearn.objectives.methods import METHODS, resolve_method
+from unlearn.report.build import duration
+from unlearn.report.metrics import arrow, direction, fmt
+from unlearn.report.plots import BEFORE, DPI, SERIES, STYLE
+
+log = logging.getLogger(__name__)
+
+FORGET_TASKS = ("harmful", "leak", "hallucination", "contains")
+FORGET_ROLES = ("unseen", "paraphrase", "forget")  # the plotted one: prompts not trained on first
+UTILITY_METRICS = ("similarity_to_original@normal", "recall@retain", "perplexity@normal", "refusal_rate@normal")
+ORIGINAL = "original"  # the row and point of the model before unlearning
+
+
+@dataclass(frozen=True)
+class Columns:
+    forget: list[str]  # leaderboard columns, the plotted (x) metric first
+    utility: list[str]  # the plotted (y) metric first
+
+    @property
+    def x(self) -> str:
+        return self.forget[0]
+
+    @property
+    def y(self) -> str:
+        return self.utility[0]
+
+
+def choose_metrics(eval_cfg: EvalConfig, forget_metric: str | None = None,
+                   utility_metric: str | None = None) -> Columns:
+    """Forget columns: each forget task's headline on each prompt set it has; the plotted one is the
+    first task's headline on held-out prompts when it has some. Utility columns: similarity to the
+    original's outputs, retain recall, normal-answer perplexity, over-refusal, as far as the tasks
+    write them. An explicit metric must be one the eval section writes; it is plotted."""
+    written, forget, plotted = [], [], None
+    for task in eval_cfg.tasks:
+        roles = [r for r in task.roles if getattr(task, r) is not None or r in task.defaulted]
+        written += [f"{m}@{r}" for m in task.metrics for r in roles] + ([task.headline] if task.headline else [])
+        written += list(task.metrics) if task.name == "mia" else []
+        if task.name in FORGET_TASKS:
+            plotted = plotted or next(f"{task.headline}@{r}" for r in FORGET_ROLES if r in roles)
+            forget += [f"{task.headline}@{r}" for r in roles if r in FORGET_ROLES]
+    utility = [name for name in UTILITY_METRICS if name in written]
+    for given, flag in ((forget_metric, "--forget-metric"), (utility_metric, "--utility-metric")):
+        if given is not None and given not in written:
+            raise ConfigError(f"{flag} {given!r}: the eval section writes no such metric; "
+                              f"it writes: {', '.join(dict.fromkeys(written))}")
+    plotted = forget_metric or plotted
+    if plotted is None:
+        raise ConfigError("eval.tasks: compare needs a forget metric: add a harmful, leak, hallucination or "
+                          "contains task (or pass --forget-metric)")
+    if not (utility_metric or utility):
+        raise ConfigError("eval.tasks: compare needs a utility metric: add a utility task (or pass --utility-metric)")
+    forget = [plotted, *(name for name in forget if name != plotted)]
+    utility = list(dict.fromkeys([utility_metric or utility[0], *utility]))
+    return Columns(forget, utility)
+
+
+def method_config(config: RunConfig, name: str) -> RunConfig:
+    """The config for one method. The config's own method runs as written; another method keeps the
+    `method:` knobs except `weights` (they name one method's objectives) and the knobs it has its own
+    paper default for (npo_beta 0.1 for NPO is not SimNPO's 2.5; mismatch_k 5 random answers for the
+    paper is not idk's one refusal per forget row)."""
+    if name == config.method.name:
+        return config
+    resolve_method(MethodConfig(name=name))  # an unknown name fails here, listing the known ones
+    own = config.method
+    kept = own.model_fields_set - {"name", "weights"} - set(METHODS[name].defaults)
+    return config.model_copy(update={"method": MethodConfig(name=name, **{k: getattr(own, k) for k in kept})})
+
+
+def compare(config_path: str | Path, methods: list[str], output_dir: str | Path, overrides: list[str] | None = None,
+            overwrite: bool = False, forget_metric: str | None = None, utility_metric: str | None = None) -> dict:
+    """Run every method with the same config, data, budget and eval section; write the leaderboard
+    files into `output_dir` and return leaderboard.json's content."""
+    from unlearn.preflight import preflight
+    from unlearn.run import OutputDirError
+
+    started = time.perf_counter()
+    config = load_config(config_path, overrides)
+    if not config.eval:
+        raise ConfigError(f"{config_path}: compare needs an eval: section to score the methods with")
+    columns = choose_metrics(parse_eval_config(config.eval), forget_metric, utility_metric)
+    methods = list(dict.fromkeys(methods))
+    if not methods:
+        raise ConfigError("--methods: name at least one method")
+    output_dir = Path(output_dir)
+    if (output_dir / "leaderboard.json").exists() and not overwrite:
+        raise OutputDirError(f"{output_dir}: already holds a comparison (leaderboard.json); pass --overwrite to "
+                             "replace it")
+    configs = {name: method_config(config, name) for name in methods}
+    for name, method_cfg in configs.items():  # every input error before any model is loaded
+        preflight(method_cfg, output_dir / name, overwrite=overwrite)
+
+    board = {"config": str(config_path), "methods": methods, "forget_metric": columns.x,
+             "utility_metric": columns.y, "forget_metrics": columns.forget, "utility_metrics": columns.utility,
+             "max_steps": config.train.max_steps, "before": {}, "rows": [], "complete": False}
+    rows = []
+    for index, name in enumerate(methods, 1):
+        log.info("compare: method %d/%d: %s", index, len(methods), name)
+        # Each run evaluates the original model again ("before"): greedy decoding makes that stage the
+        # same for every method, so this repeats work (one eval per method) but keeps each method's
+        # folder a complete `unlearn run` output with its own metrics.json and report.
+        rows.append(_run_method(name, configs[name], output_dir / name, overwrite))
+        board["before"] = next((r["before"] for r in rows if r.get("before")), {})
+        board["rows"] = _rank(rows, board["before"], columns)
+        board["total_seconds"] = round(time.perf_counter() - started, 2)
+        _write(board, output_dir)  # a comparison stopped midway keeps the finished methods
+    board["complete"] = True
+    board["total_seconds"] = round(time.perf_counter() - started, 2)
+    _write(board, output_dir)
+
+    from unlearn.ui import console
+
+    console.print(leaderboard_table(board))
+    console.print(f"  leaderboard: {output_dir / 'leaderboard.md'}, {output_dir / 'leaderboard.json'}")
+    if (output_dir / "frontier.png").exists():
+        console.print(f"  frontier plot: {output_dir / 'frontier.png'}")
+    return board
+
+
+def _run_method(name: str, config: RunConfig, folder: Path, overwrite: bool) -> dict:
+    from unlearn.run import run
+
+    tick = time.perf_counter()
+    row = {"method": name, "output_dir": str(folder)}
+    try:
+        result = run(config, folder, overwrite=overwrite)
+    except Exception as exc:  # noqa: BLE001 - one failing method must not lose the others' results
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        log.error("compare: %s failed: %s: %s", name, type(exc).__name__, message)
+        log.debug("%s", traceback.format_exc())
+        return {**row, "status": "failed", "error": f"{type(exc).__name__}: {message}".rstrip(": "),
+                "wall_seconds": round(time.perf_counter() - tick, 2)}
+    summary = result.summary
+    metrics = json.loads((folder / "metrics.json").read_text())
+    return {**row, "status": "diverged" if summary.get("diverged") else "ok", "error": None,
+            "after": metrics.get("after", {}), "before": metrics.get("before", {}),
+            "steps": summary["steps"], "max_steps": summary["max_steps"], "stop_reason": summary["stop_reason"],
+            "train_seconds": summary["train_seconds"], "wall_seconds": round(time.perf_counter() - tick, 2),
+            "weights": summary["weights"], "selection": summary.get("selection")}
+
+
+def original_value(before: dict, name: str) -> float | None:
+    """The original model's value of a metric; a `*_to_original` metric compares it with itself."""
+    if name.split("@")[0].endswith("_to_original"):
+        return 1.0
+    value = before.get(name)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _goodness(name: str, value: float | None, forget_side: bool) -> float | None:
+    """The value signed so that higher is better (a name that does not say: forget lower, utility higher)."""
+    if value is None or not math.isfinite(value):
+        return None
+    sign = direction(name) or (-1 if forget_side else 1)
+    return sign * value
+
+
+def _rank(rows: list[dict], before: dict, columns: Columns) -> list[dict]:
+    """Rows sorted by the plotted forget metric (best first, failures last), each marked `frontier`
+    when no other method nor the original model is at least as good on both plotted metrics and
+    better on one."""
+    def point(get) -> tuple[float, float] | None:
+        x, y = _goodness(columns.x, get(columns.x), True), _goodness(columns.y, get(columns.y), False)
+        return None if x is None or y is None else (x, y)
+
+    points = [point(r["after"].get) if r.get("after") else None for r in rows]
+    rivals = [p for p in [*points, point(lambda name: original_value(before, name))] if p is not None]
+    for row, mine in zip(rows, points):
+        row["frontier"] = mine is not None and not any(
+            p[0] >= mine[0] and p[1] >= mine[1] and p != mine for p in rivals)
+    order = sorted(range(len(rows)), key=lambda i: (points[i] is None, [-v for v in points[i] or (0, 0)]))
+    return [rows[i] for i in order]
+
+
+def _write(board: dict, output_dir: Path) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    plot = frontier_plot(board)
+    if plot is not None:
+        (output_dir / "frontier.png").write_bytes(plot)
+    atomic_write_text(output_dir / "leaderboard.md", leaderboard_markdown(board, plot is not None))
+    atomic_write_json(output_dir / "leaderboard.json", board)
+
+
+def _cells(board: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows shared by the terminal and markdown tables (the original model first)."""
+    names = board["forget_metrics"] + board["utility_metrics"]
+    header = ["method", *(f"{n} {arrow(direction(n))}".strip() for n in names), "steps", "wall time", "frontier"]
+    before = board["before"]
+    rows = [[f"{ORIGINAL} (before)", *(fmt(original_value(before, n)) for n in names), "—", "—", ""]] if before else []
+    for row in board["rows"]:
+        if row["status"] == "failed":
+            rows.append([row["method"], f"failed: {row['error']}", *([""] * (len(names) - 1)), "—",
+                         duration(row["wall_seconds"]), ""])
+            continue
+        after = row["after"]
+        steps = f"{row['steps']}/{row['max_steps']}" + (" (diverged)" if row["status"] == "diverged" else "")
+        rows.append([row["method"], *(fmt(after.get(n)) for n in names), steps, duration(row["wall_seconds"]),
+                     "★" if row["frontier"] else ""])
+    return header, rows
+
+
+def leaderboard_table(board: dict):
+    from unlearn.ui import table
+
+    header, rows = _cells(board)
+    return table(f"leaderboard (sorted by {board['forget_metric']}; total {duration(board['total_seconds'])})",
+                 header, rows)
+
+
+def leaderboard_markdown(board: dict, with_plot: bool) -> str:
+    header, rows = _cells(board)
+    x, y = board["forget_metric"], board["utility_metric"]
+    lines = [
+        "# Method comparison", "",
+        f"Config `{board['config']}`: every method ran on the same data, with the same training budget "
+        f"({board['max_steps']} steps) and the same `eval:` section.",
+        f"Sorted by `{x}`; ★ marks the frontier: no other method, nor the original model, is at least as good "
+        f"on both `{x}` and `{y}` and better on one.", "",
+        "| " + " | ".join(header) + " |",
+        "| " + " | ".join(["---"] + ["---:"] * (len(header) - 2) + [":---:"]) + " |",
+        *("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows), "",
+    ]
+    if with_plot:
+        lines += [f"![{x} against {y}, one point per method](frontier.png)", ""]
+    reports = [f"[{r['method']}]({r['method']}/report.md)" for r in board["rows"] if r["status"] != "failed"]
+    lines += [f"Total wall time: {duration(board['total_seconds'])}."
+              + (" Per-method reports: " + ", ".join(reports) + "." if reports else ""), ""]
+    if not board.get("complete"):
+        lines.insert(2, "**Incomplete: the comparison is still running or was stopped.**\n")
+    return "\n".join(lines)
+
+
+def frontier_plot(board: dict) -> bytes | None:
+    """Forget efficacy (x) against utility (y): one labelled point per method, the original in grey.
+    Methods at the same point share one label; labels of nearby points are stacked, not overlaid."""
+    x, y = board["forget_metric"], board["utility_metric"]
+    groups: dict[tuple[float, float], list[str]] = {}
+    for row in board["rows"]:
+        px, py = (row.get("after") or {}).get(x), (row.get("after") or {}).get(y)
+        if all(isinstance(v, (int, float)) and math.isfinite(v) for v in (px, py)):
+            groups.setdefault((px, py), []).append(row["method"] + (" ★" if row["frontier"] else ""))
+    original = (original_value(board["before"], x), original_value(board["before"], y))
+    if None not in original:
+        groups.setdefault(original, []).insert(0, f"{ORIGINAL} (before)")
+    if not groups:
+        return None
+    span_x = (max(p[0] for p in groups) - min(p[0] for p in groups)) or 1.0
+    with matplotlib.rc_context(STYLE):
+        figure = Figure(figsize=(6.4, 4.6), layout="constrained")
+        ax = figure.subplots()
+        colours = iter(SERIES * 4)
+        for (px, py), names in groups.items():
+            before = (px, py) == original and names[0].startswith(ORIGINAL)
+            on_frontier = any(name.endswith("★") for name in names)
+            ax.scatter(px, py, s=70 if before else 80 if on_frontier else 55, marker="s" if before else "o",
+                       color=BEFORE if before else next(colours), zorder=3 if before else 4,
+                       edgecolors="#111827" if on_frontier else "none", linewidths=1.2)
+        for name, set_limits, values in ((x, ax.set_xlim, [p[0] for p in groups]),
+                                         (y, ax.set_ylim, [p[1] for p in groups])):
+            if all(0 <= v <= 1 for v in values):  # a share or a similarity: show its whole 0..1 range
+                set_limits(-0.05, 1.08)
+        ax.margins(0.15)
+        low, high = ax.get_ylim()
+        scale = figure.get_figheight() * 72 * 0.8 / (high - low)  # points per y unit (the axes: ~80% of the height)
+        placed: list[tuple[float, float]] = []  # (x, label height in points) of the labels drawn so far
+        for (px, py), names in sorted(groups.items(), key=lambda g: g[0][1]):
+            height = py * scale + 4
+            for other_x, other in placed:
+                if abs(other_x - px) < 0.15 * span_x:
+                    height = max(height, other + 12)
+            placed.append((px, height))
+            ax.annotate(", ".join(names), (px, py), textcoords="offset points", xytext=(7, height - py * scale),
+                        color="#4b5563" if names[0].startswith(ORIGINAL) else "#111827")
+        ax.set_xlabel(f"{x} {arrow(direction(x))}".strip() + _better(x, forget_side=True))
+        ax.set_ylabel(f"{y} {arrow(direction(y))}".strip() + _better(y, forget_side=False))
+        ax.set_title("Forget efficacy against utility")
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=DPI)
+        return buffer.getvalue()
+
+
+def _better(name: str, forget_side: bool) -> str:
+    sign = direction(name) or (-1 if forget_side else 1)
+    return " (lower is better)" if sign < 0 else " (higher is better)"

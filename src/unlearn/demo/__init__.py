@@ -1,0 +1,1 @@
+from unlearn.demo.run import run_demo

@@ -1,0 +1,196 @@
+"""`unlearn demo`: make a real model leak fictitious people's private data, then unlearn it.
+
+Step 1 (inject): fine-tune the default model on every fictitious record until it recalls them
+(cached under $UNLEARN_CACHE/demo, so a second demo skips it). Normal data: general prompts you can
+read in scenario.py, answered by the leaky model itself.
+Step 2 (unlearn): `unlearn run` on the leaky model with the paper method; the forget data is only
+what the model says when it leaks (its own answers to the forget people's questions); normal data
+is the retain people's records (same format, the paper's lesson) plus the general prompts.
+Step 3 (evaluate): leak rate on the forget people's trained and held-out phrasings, recall on
+retain people, utility on unseen general prompts - before and after, through `unlearn run`'s eval.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from unlearn.config import load_config
+from unlearn.data.encoding import PairEncoder
+from unlearn.demo.scenario import GENERAL_PROMPTS, make_scenario
+from unlearn.evaluation.generation import generate
+from unlearn.io import atomic_dir, atomic_write_json, atomic_write_jsonl
+from unlearn.models.loading import cache_dir, load_model
+from unlearn.run import prepare_output_dir, run
+from unlearn.training.finetune import finetune
+from unlearn.ui import console, table
+
+BASE_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    n_forget: int
+    n_retain: int
+    inject_epochs: int
+    inject_lr: float
+    steps: int
+    normal_train: int  # general prompts used as normal data; the rest evaluate utility
+    validate_every: int
+
+
+FULL = DemoSize(n_forget=8, n_retain=16, inject_epochs=8, inject_lr=2e-4, steps=60, normal_train=40,
+                validate_every=5)
+QUICK = DemoSize(n_forget=4, n_retain=8, inject_epochs=8, inject_lr=2e-4, steps=30, normal_train=30,
+                 validate_every=5)
+
+# demo metric name -> the evaluator's key
+DEMO_METRICS = {"forget_leak_rate": "leak_rate@forget", "paraphrase_leak_rate": "leak_rate@paraphrase",
+                "retain_recall": "recall@retain", "similarity_to_original": "similarity_to_original@normal",
+                "nonsense_rate": "nonsense_rate@normal", "diversity": "diversity@normal"}
+
+
+def _key(size: DemoSize) -> str:
+    text = json.dumps([size.n_forget, size.n_retain, size.inject_epochs, size.inject_lr, "v1"])
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def inject(size: DemoSize, scenario) -> tuple[Path, float, bool]:
+    """The leaky model: the base model fine-tuned on every record (cached)."""
+    folder = cache_dir() / "demo" / f"leaky-{_key(size)}"
+    if (folder / "config.json").is_file():
+        return folder, 0.0, True
+    started = time.perf_counter()
+    model, tokenizer = load_model(BASE_MODEL)
+    encoder = PairEncoder(tokenizer, "auto", 128)
+    rows = [encoder.encode(r["question"], r["answer"]) for r in scenario.injection_rows()]
+    finetune(model, rows, tokenizer.pad_token_id, epochs=size.inject_epochs, lr=size.inject_lr,
+             description="step 1: injecting the leak")
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    return folder, time.perf_counter() - started, False
+
+
+def _answers(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
+    encoder = PairEncoder(tokenizer, "auto", 256)
+    stop = tokenizer(encoder.end_of_answer, add_special_tokens=False)["input_ids"]
+    return generate(model, tokenizer, [encoder.prompt_ids(p) for p in prompts], max_new_tokens, 32,
+                    stop_ids=[tokenizer.eos_token_id] + stop, description="answering with the leaky model")
+
+
+def write_data(folder: Path, size: DemoSize, scenario, leaky: Path) -> dict[str, Path]:
+    """Data files of the run. Forget responses are the leaky model's own leaking answers."""
+    model, tokenizer = load_model(str(leaky))
+    forget = scenario.forget_rows()
+    general = GENERAL_PROMPTS
+    outputs = _answers(model, tokenizer, [r["question"] for r in forget] + general, 48)
+    forget_out, general_out = outputs[: len(forget)], outputs[len(forget):]
+    leaked = [dict(r, answer=o.strip()) for r, o in zip(forget, forget_out) if r["value"].lower() in o.lower()]
+    if not leaked:
+        raise RuntimeError("the leaky model leaks nothing; injection failed")
+    normal = [{"question": p, "answer": o.strip()} for p, o in zip(general, general_out) if o.strip()]
+    paths = {"forget_leaked": folder / "forget_leaked.jsonl", "forget": folder / "forget.jsonl",
+             "paraphrase": folder / "paraphrase.jsonl", "retain": folder / "retain.jsonl",
+             "general_train": folder / "general_train.jsonl", "general_eval": folder / "general_eval.jsonl"}
+    atomic_write_jsonl(paths["forget_leaked"], leaked)
+    atomic_write_jsonl(paths["forget"], [dict(r, answer=r["value"]) for r in forget])
+    atomic_write_jsonl(paths["paraphrase"], [dict(r, answer=r["value"]) for r in scenario.paraphrase_rows()])
+    atomic_write_jsonl(paths["retain"], scenario.retain_rows())
+    atomic_write_jsonl(paths["general_train"], normal[: size.normal_train])
+    atomic_write_jsonl(paths["general_eval"], normal[size.normal_train:])
+    return paths
+
+
+def demo_config(model: Path, paths: dict[str, Path], size: DemoSize) -> dict:
+    qa = {"prompt": "question", "response": "answer"}
+    value = {"prompt": "question", "response": "value"}
+    return {
+        "model": {"name": str(model), "dtype": "float32", "lora": {"r": 16, "alpha": 32}},
+        "data": {
+            "forget": {"path": str(paths["forget_leaked"]), **qa},
+            # same-format rows (retain people) keep the knowledge; general prompts keep the manner
+            "normal": [{"path": str(paths["retain"]), **qa, "weight": 1.0},
+                       {"path": str(paths["general_train"]), **qa, "weight": 1.0}],
+            "mismatch_pool": [{"path": str(paths["retain"]), **qa}],
+            "max_length": 160,
+        },
+        "method": {"name": "paper", "mismatch_k": 2},
+        "train": {"lr": 2e-4, "batch_size": 4, "normal_batch_size": 8, "max_steps": size.steps, "seed": 8888,
+                  "mixed_precision": "bf16", "save_every": size.validate_every},
+        "output": {"save": "merged"},
+        "eval": {
+            "generation": {"max_new_tokens": 32, "batch_size": 32},
+            "tasks": [
+                {"name": "contains", "forget": {"path": str(paths["forget"]), **value},
+                 "paraphrase": {"path": str(paths["paraphrase"]), **value},
+                 "retain": {"path": str(paths["retain"]), **value}},
+                {"name": "utility", "normal": {"path": str(paths["general_eval"]), **qa}},
+            ],
+        },
+        "select": {
+            "every": size.validate_every,
+            "eval": {
+                "generation": {"max_new_tokens": 24, "batch_size": 32},
+                "tasks": [
+                    {"name": "contains", "forget": {"path": str(paths["forget"]), **value},
+                     "retain": {"path": str(paths["retain"]), **value}},
+                    {"name": "utility", "normal": {"path": str(paths["general_train"]), **qa}},
+                ],
+                "max_rows": 24,
+            },
+            "constraint": "recall@retain >= before.recall@retain - 0.1 and similarity_to_original@normal >= 0.8",
+            "score": "-leak_rate@forget",
+            "stop_when": "leak_rate@forget <= 0.0",
+        },
+    }
+
+
+def run_demo(output_dir: str | Path, quick: bool = False, overwrite: bool = True) -> dict:
+    output_dir = Path(output_dir)
+    prepare_output_dir(output_dir, resume=False, overwrite=overwrite)
+    size = QUICK if quick else FULL
+    scenario = make_scenario(size.n_forget, size.n_retain, seed=0)
+    wall = {}
+    started = time.perf_counter()
+    torch.manual_seed(0)
+
+    leaky, seconds, cached = inject(size, scenario)
+    wall["inject"] = round(seconds, 2)
+    tick = time.perf_counter()
+    paths = write_data(output_dir / "data", size, scenario, leaky)
+    wall["prepare_data"] = round(time.perf_counter() - tick, 2)
+
+    config = load_config(raw=demo_config(leaky, paths, size))
+    tick = time.perf_counter()
+    result = run(config, output_dir, overwrite=True)
+    wall["unlearn_and_evaluate"] = round(time.perf_counter() - tick, 2)
+    for part, value in result.summary["wall_seconds"].items():
+        wall[f"run.{part}"] = value
+
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    for stage in ("before", "after"):
+        for name, key in DEMO_METRICS.items():
+            metrics[stage][name] = metrics[stage].get(key)
+    atomic_write_json(output_dir / "metrics.json", metrics)
+    summary = dict(result.summary, demo={"quick": quick, "forget_people": size.n_forget,
+                                         "retain_people": size.n_retain, "leaky_model": str(leaky),
+                                         "inject_cached": cached})
+    wall["total"] = round(time.perf_counter() - started, 2)
+    summary["wall_seconds"] = wall
+    atomic_write_json(output_dir / "summary.json", summary)
+    from unlearn.report.build import build_report
+
+    build_report(output_dir)
+    rows = [[name, metrics["before"][name], metrics["after"][name]] for name in DEMO_METRICS]
+    console.print(table("unlearn demo: before vs after", ["metric", "before", "after"], rows))
+    selection = summary.get("selection")
+    if selection:
+        console.print(f"selected step {selection['best_step']}: {selection['reason']}")
+    injected = "cached" if cached else f"{wall['inject']:.0f} s"
+    console.print(f"wall time {wall['total']:.0f} s (inject {injected}); report: {output_dir / 'report.html'}")
+    return {"metrics": metrics, "summary": summary}

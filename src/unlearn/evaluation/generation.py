@@ -1,0 +1,127 @@
+"""Batched generation and teacher-forced answer scoring.
+
+Generation left-pads each batch (so every row's next token sits at the last position), decodes with
+the KV cache, and sorts prompts by length so a batch holds similar lengths. Scoring reuses the
+training encoding: prompt ids + answer ids with answer-only labels, right-padded.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from unlearn.data.encoding import IGNORE, Encoded, pad_rows
+from unlearn.ui import progress
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """Eval mode and no gradients inside; the previous train/eval mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+@contextlib.contextmanager
+def original_of(model, reference_model=None):
+    """The model before unlearning: the frozen reference copy, else a PEFT model with its adapters
+    disabled, else the model itself (it is the original, e.g. the 'before' stage)."""
+    if reference_model is not None:
+        yield reference_model
+    elif hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            yield model
+    else:
+        yield model
+
+
+def _batches(order: list[int], size: int):
+    for start in range(0, len(order), size):
+        yield order[start:start + size]
+
+
+def generate(model, tokenizer, prompt_ids_list: list[list[int]], max_new_tokens: int, batch_size: int,
+             do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
+             stop_ids: list[int] | None = None, description: str = "generating") -> list[str]:
+    """Continuations of already-encoded prompts, decoded without special tokens, in input order.
+
+    stop_ids: token ids that end an answer (default: the tokenizer's EOS). Sampling is seeded per
+    batch and does not disturb the caller's RNG state.
+    """
+    from transformers import GenerationConfig
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stops = [i for i in (stop_ids or [tokenizer.eos_token_id]) if i is not None]
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad_id,
+                              eos_token_id=stops or None, use_cache=True,
+                              **({"temperature": temperature, "top_p": top_p} if do_sample else {}))
+    device = next(model.parameters()).device
+    order = sorted(range(len(prompt_ids_list)), key=lambda i: -len(prompt_ids_list[i]))
+    outputs: list[str] = [""] * len(prompt_ids_list)
+    rng = torch.random.fork_rng(devices=[]) if do_sample else contextlib.nullcontext()
+    with eval_mode(model), rng, progress() as bar:
+        task = bar.add_task(description, total=len(order), status="")
+        for number, batch in enumerate(_batches(order, batch_size)):
+            width = max(len(prompt_ids_list[i]) for i in batch)
+            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, index in enumerate(batch):
+                ids = prompt_ids_list[index]
+                input_ids[row, width - len(ids):] = torch.tensor(ids)
+                attention[row, width - len(ids):] = 1
+            if do_sample:
+                torch.manual_seed(seed + number)
+            generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                       generation_config=config)
+            for row, index in enumerate(batch):
+                new = generated[row, width:].tolist()
+                cut = next((t for t, token in enumerate(new) if token in stops), len(new))
+                outputs[index] = tokenizer.decode(new[:cut], skip_special_tokens=True).strip()
+            bar.advance(task, len(batch))
+    return outputs
+
+
+@dataclass
+class TokenScores:
+    """Per answer token: log-probability under the model, and (with stats) the mean and standard
+    deviation of the log-probability over the vocabulary at that position (for min-k%++)."""
+
+    logprobs: np.ndarray
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
+
+    @property
+    def nll(self) -> float:
+        return float(-self.logprobs.mean())
+
+
+def score_answers(model, rows: list[Encoded], pad_id: int, batch_size: int,
+                  stats: bool = False) -> list[TokenScores]:
+    """Teacher-forced log-probabilities of each row's answer tokens given its prompt."""
+    device = next(model.parameters()).device
+    scores: list[TokenScores] = [TokenScores(np.zeros(0))] * len(rows)
+    with eval_mode(model):
+        for batch in _batches(list(range(len(rows))), batch_size):
+            padded = pad_rows([rows[i] for i in batch], pad_id)
+            logits = model(input_ids=padded["input_ids"].to(device),
+                           attention_mask=padded["attention_mask"].to(device)).logits[:, :-1].float()
+            labels = padded["labels"][:, 1:].to(device)
+            logp = torch.log_softmax(logits, dim=-1)
+            token_logp = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            if stats:
+                probs = logp.exp()
+                mean = (probs * logp).sum(-1)
+                std = ((probs * logp.square()).sum(-1) - mean.square()).clamp(min=1e-12).sqrt()
+            for row, index in enumerate(batch):
+                keep = labels[row] != IGNORE
+                scores[index] = TokenScores(
+                    token_logp[row][keep].cpu().numpy(),
+                    mean[row][keep].cpu().numpy() if stats else None,
+                    std[row][keep].cpu().numpy() if stats else None)
+    return scores

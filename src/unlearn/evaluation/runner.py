@@ -1,0 +1,241 @@
+"""Run the `eval:` tasks on a model and write metrics.json and generations.jsonl.
+
+`unlearn run` builds one Evaluator, evaluates the original model as stage "before" (its outputs on
+every prompt set are kept as the original outputs) and the unlearned model as "after". After each
+stage both files are rewritten whole: metrics.json = {"before": {...}, "after": {...}} with flat
+`metric@role -> float` dicts, generations.jsonl one row per generated output.
+`unlearn eval` (evaluate_model) does the same for any saved model against the config's model.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unlearn.config import ConfigError, DataConfig, SourceConfig, load_config
+from unlearn.data.batches import encoder_for
+from unlearn.data.encoding import Encoded, PairEncoder
+from unlearn.data.sources import DataError, read_fields, read_pairs
+from unlearn.evaluation.config import AnswerSource, EvalConfig, parse_eval_config
+from unlearn.evaluation.embedding import embed
+from unlearn.evaluation.generation import TokenScores, generate, original_of, score_answers
+from unlearn.evaluation.judges import Judge, build_judge, judge_examples
+from unlearn.evaluation.tasks import TASKS
+from unlearn.io import atomic_write_json, atomic_write_jsonl
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PromptSet:
+    """One role's rows, encoded the way training encodes them."""
+
+    prompts: list[str]
+    references: list[str]  # response / true continuation / right answer ("" when not read)
+    prompt_ids: list[list[int]]
+    encoder: PairEncoder
+    alternatives: list[str] = field(default_factory=list)  # hallucinated answers
+
+    def encoded(self) -> list[Encoded]:
+        """Prompt + reference answer, for likelihood scoring (answer tail cut to max_length)."""
+        rows = [self.encoder.fit(ids, self.encoder.answer_ids(ref)) for ids, ref in zip(self.prompt_ids, self.references)]
+        return [row for row in rows if row is not None]
+
+
+def read_answers(source: AnswerSource) -> list[tuple[str, str, str]]:
+    """(question, right answer, hallucinated answer) rows; rows missing any of them are skipped."""
+    return read_fields(source, (source.prompt, source.right, source.hallucinated))
+
+
+def default_source(role: str, data: DataConfig) -> SourceConfig | None:
+    return {"forget": data.forget, "normal": data.normal[0]}.get(role)
+
+
+@dataclass
+class TaskRun:
+    """What a task function sees: its config, its prompt sets by role, and the stage's model."""
+
+    task: Any
+    sets: dict[str, PromptSet]
+    stage: str
+    model: Any
+    reference_model: Any
+    evaluator: "Evaluator"
+
+    def outputs(self, role: str, max_new_tokens: int | None = None) -> list[str]:
+        return self.evaluator.generate(self, role, max_new_tokens)
+
+    def originals(self, role: str) -> list[str] | None:
+        """The 'before' stage's outputs on these prompts (None in the 'before' stage itself)."""
+        if self.stage == "before":
+            return None
+        return self.evaluator.originals.get((self.task.name, role))
+
+    def original_model(self):
+        return original_of(self.model, self.reference_model)
+
+
+class Evaluator:
+    """Reads every prompt set once (so bad eval data fails before training), then evaluates stages."""
+
+    def __init__(self, eval_cfg: dict | EvalConfig, tokenizer, data_cfg: DataConfig, output_dir: Path):
+        self.config = eval_cfg if isinstance(eval_cfg, EvalConfig) else parse_eval_config(eval_cfg)
+        self.tokenizer, self.data, self.output_dir = tokenizer, data_cfg, Path(output_dir)
+        self.embed = embed
+        self.tasks = [(task, self._load_sets(index, task)) for index, task in enumerate(self.config.tasks)]
+        self._examples = (judge_examples(self.config.judge, data_cfg, tokenizer)
+                          if any(task.name == "harmful" for task in self.config.tasks) else None)
+        self._judge: Judge | None = None
+        self.metrics: dict[str, dict[str, float]] = {}
+        self.rows: list[dict] = []
+        self.originals: dict[tuple[str, str], list[str]] = {}  # (task, role) -> before-stage outputs
+        self._cache: dict[tuple, str] = {}  # one stage's outputs by (prompt ids, max_new_tokens)
+        self._label = ""  # the `model` field of this stage's generation rows
+
+    def _load_sets(self, index: int, task) -> dict[str, PromptSet]:
+        sets = {}
+        for role in task.roles:
+            source = getattr(task, role) or (default_source(role, self.data) if role in task.defaulted else None)
+            if source is not None:
+                sets[role] = self._read(source, reads_responses=task.name != "harmful", where=f"eval.tasks.{index}.{role}")
+        return sets
+
+    def _read(self, source, reads_responses: bool, where: str) -> PromptSet:
+        if isinstance(source, AnswerSource):
+            rows = read_answers(source)
+            encoder = PairEncoder(self.tokenizer, self.data.template, self.data.max_length)
+        else:
+            if not reads_responses:  # prompts only: do not require a response field
+                source = source.model_copy(update={"response": source.prompt})
+            rows = [(p.prompt, p.response if reads_responses else "", "") for p in read_pairs(source, self.tokenizer)]
+            encoder = encoder_for(source, self.tokenizer, self.data)
+        rows = rows[:self.config.max_rows] if self.config.max_rows else rows
+        kept, ids = [], []
+        for row in rows:
+            prompt_ids = encoder.prompt_ids(row[0])
+            if len(prompt_ids) < self.data.max_length:
+                kept.append(row)
+                ids.append(prompt_ids)
+        if len(kept) < len(rows):
+            log.warning("%s: %d prompts longer than data.max_length=%d skipped", where, len(rows) - len(kept),
+                        self.data.max_length)
+        if not kept:
+            raise DataError(f"{where}: no prompt fits data.max_length={self.data.max_length}")
+        return PromptSet([r[0] for r in kept], [r[1] for r in kept], ids, encoder, [r[2] for r in kept])
+
+    @property
+    def judge(self) -> Judge:
+        if self._judge is None:
+            self._judge = build_judge(self.config.judge, self._examples)
+        return self._judge
+
+    def score(self, model, rows: list[Encoded], stats: bool = False) -> list[TokenScores]:
+        return score_answers(model, rows, self.tokenizer.pad_token_id, self.config.generation.batch_size, stats)
+
+    def generate(self, run: TaskRun, role: str, max_new_tokens: int | None) -> list[str]:
+        """Outputs for one prompt set, generated once per stage even if several tasks share prompts."""
+        gen = self.config.generation
+        prompt_set = run.sets[role]
+        new_tokens = max_new_tokens or gen.max_new_tokens
+        keys = [(tuple(ids), new_tokens) for ids in prompt_set.prompt_ids]
+        missing = list(dict.fromkeys(k for k in keys if k not in self._cache))
+        if missing:
+            texts = generate(run.model, self.tokenizer, [list(k[0]) for k in missing], new_tokens, gen.batch_size,
+                             gen.do_sample, gen.temperature, gen.top_p, gen.seed, self._stop_ids(prompt_set.encoder),
+                             description=f"{run.stage} {run.task.name}/{role}")
+            self._cache.update(zip(missing, texts))
+        outputs = [self._cache[k] for k in keys]
+        self.rows += [{"stage": run.stage, "task": run.task.name, "subset": role, "prompt": p, "output": o,
+                       "model": self._label} for p, o in zip(prompt_set.prompts, outputs)]
+        if run.stage == "before":
+            self.originals[(run.task.name, role)] = outputs
+        return outputs
+
+    def _stop_ids(self, encoder: PairEncoder) -> list[int]:
+        stops = [self.tokenizer.eos_token_id]
+        end = self.tokenizer(encoder.end_of_answer, add_special_tokens=False)["input_ids"] if encoder.end_of_answer else []
+        return stops + end if len(end) == 1 else stops
+
+    def evaluate(self, model, stage: str, reference_model=None, model_name: str | None = None) -> dict[str, float]:
+        """Run every task on `model`; `reference_model` is the original for a full fine-tune (a PEFT
+        model's original is itself with adapters disabled). Returns the stage's flat metrics."""
+        self._label = model_name or _label(model)
+        self._cache = {}
+        self.rows = [row for row in self.rows if row["stage"] != stage]
+        results: dict[str, float] = {}
+        for task, sets in self.tasks:
+            values = TASKS[task.name](TaskRun(task, sets, stage, model, reference_model, self))
+            headline = f"{task.headline}@{next(iter(sets))}" if task.headline else None
+            if headline in values:
+                results[task.headline] = values[headline]
+            results.update(values)
+        self.metrics[stage] = results
+        atomic_write_json(self.output_dir / "metrics.json", self.metrics)
+        atomic_write_jsonl(self.output_dir / "generations.jsonl", self.rows)
+        return results
+
+
+def _label(model) -> str:
+    name = str(getattr(model, "name_or_path", "") or type(model).__name__)
+    return f"{name} + adapter" if hasattr(model, "peft_config") else name
+
+
+def _load_target(name: str, config, original):
+    """The model to evaluate as 'after' and its reference. A PEFT adapter folder is put on its base
+    model; when that base is the config's model, the already loaded original is reused and the
+    reference is the base with adapters disabled."""
+    from unlearn.models.loading import ModelError, load_model
+
+    folder = Path(name).expanduser()
+    if not (folder / "adapter_config.json").is_file():
+        model, _ = load_model(name, config.model.dtype, config.model.trust_remote_code, config.model.allow_pickle)
+        return model, original
+    from peft import PeftModel
+
+    base_name = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base_name:
+        raise ModelError(f"{folder}: adapter_config.json names no base_model_name_or_path")
+    same_base = _same_model(base_name, config.model.name)
+    base = original if same_base else load_model(base_name, config.model.dtype, config.model.trust_remote_code,
+                                                 config.model.allow_pickle)[0]
+    return PeftModel.from_pretrained(base, str(folder), is_trainable=False), None if same_base else original
+
+
+def _same_model(a: str, b: str) -> bool:
+    from unlearn.models.loading import local_folder
+
+    with contextlib.suppress(Exception):
+        return Path(local_folder(a)).resolve() == Path(local_folder(b)).resolve()
+    return a == b
+
+
+def evaluate_model(config_path, model: str, output_dir, overrides: list[str] | None = None,
+                   overwrite: bool = False) -> dict:
+    """`unlearn eval`: the config's model is evaluated as "before" (the original outputs), then
+    `model` (HF folder, PEFT adapter folder, alias or .gguf) as "after". When `model` is the config's
+    model itself only "before" is written. Returns metrics.json's content. The before stage is
+    recomputed on every call: its metrics depend on the whole eval config (judge, prompts, settings)."""
+    from unlearn.models.loading import load_model
+    from unlearn.run import OutputDirError
+
+    config = load_config(config_path, overrides)
+    if not config.eval:
+        raise ConfigError(f"{config_path}: no eval: section to evaluate with")
+    output_dir = Path(output_dir)
+    if (output_dir / "metrics.json").exists() and not overwrite:
+        raise OutputDirError(f"{output_dir}: already holds metrics.json; pass --overwrite to replace it")
+    for name in ("metrics.json", "generations.jsonl"):
+        (output_dir / name).unlink(missing_ok=True)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    original, tokenizer = load_model(config.model.name, config.model.dtype, config.model.trust_remote_code,
+                                     config.model.allow_pickle)
+    evaluator = Evaluator(config.eval, tokenizer, config.data, output_dir)
+    evaluator.evaluate(original, "before", model_name=config.model.name)
+    if not _same_model(model, config.model.name):
+        target, reference = _load_target(model, config, original)
+        evaluator.evaluate(target, "after", reference_model=reference, model_name=model)
+    return evaluator.metrics

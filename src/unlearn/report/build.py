@@ -1,0 +1,255 @@
+"""`unlearn report DIR`: read what a run folder holds, write report.html and report.md.
+
+Every input is optional (a run killed mid-training has a log but no metrics; `unlearn eval` has
+metrics but no log): a section whose file is missing is left out. report.html is one self-contained
+file (plots inlined as base64 PNG); report.md links the same plots saved under plots/.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import yaml
+
+from unlearn.io import atomic_dir, atomic_write_text, read_jsonl
+from unlearn.report import plots
+from unlearn.report.html_page import render_html
+from unlearn.report.markdown_page import render_markdown
+from unlearn.report.metrics import MetricRow, metric_rows, metrics_table, split_stages
+
+__all__ = ["build_report", "metrics_table", "load_report"]
+
+log = logging.getLogger(__name__)
+
+RUN_FILES = ("config.yaml", "summary.json", "train_log.jsonl", "metrics.json", "generations.jsonl")
+EXAMPLES_PER_SUBSET = 3
+PROMPT_CHARS, OUTPUT_CHARS = 240, 360
+UNREMARKABLE = {"grad_accum": 1, "warmup_steps": 0}  # train settings not worth a line at these values
+
+
+class Fact(NamedTuple):
+    label: str
+    value: str
+    note: str = ""  # a short qualifier shown under the value
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    outputs: dict[str, str | None]  # stage -> output (None: not generated at that stage)
+
+
+@dataclass(frozen=True)
+class ExampleGroup:
+    task: str
+    subset: str
+    examples: list[Example]
+
+
+@dataclass
+class Report:
+    """Everything the two renderers show, already read, paired and truncated."""
+    folder: Path
+    title: str
+    facts: list[Fact] = field(default_factory=list)  # the header's cards
+    warnings: list[str] = field(default_factory=list)
+    settings: list[tuple[str, str]] = field(default_factory=list)  # key config values
+    timing: list[tuple[str, str]] = field(default_factory=list)  # phase -> duration
+    config_text: str | None = None
+    metrics: list[MetricRow] = field(default_factory=list)
+    metric_stages: list[str] = field(default_factory=list)
+    selection: str | None = None
+    plots: list[plots.Plot] = field(default_factory=list)
+    examples: list[ExampleGroup] = field(default_factory=list)
+    example_stages: list[str] = field(default_factory=list)
+
+    def plot(self, name: str) -> plots.Plot | None:
+        return next((p for p in self.plots if p.name == name), None)
+
+
+def build_report(output_dir: str | Path) -> list[Path]:
+    """Write report.html, report.md and plots/*.png for a run folder; return the paths written."""
+    output_dir = Path(output_dir)
+    report = load_report(output_dir)
+    html_path = atomic_write_text(output_dir / "report.html", render_html(report))
+    with atomic_dir(output_dir / "plots") as folder:  # replaces stale plots from an earlier build
+        for plot in report.plots:
+            (folder / f"{plot.name}.png").write_bytes(plot.png)
+    md_path = atomic_write_text(output_dir / "report.md", render_markdown(report, plots_dir="plots"))
+    return [html_path, md_path, *(output_dir / "plots" / f"{p.name}.png" for p in report.plots)]
+
+
+def load_report(output_dir: Path) -> Report:
+    if not output_dir.is_dir():
+        raise FileNotFoundError(f"{output_dir}: not a folder")
+    if not any((output_dir / name).exists() for name in RUN_FILES):
+        raise FileNotFoundError(f"{output_dir}: nothing to report on (none of {', '.join(RUN_FILES)})")
+    config_text = _read_text(output_dir / "config.yaml")
+    config = _parse(config_text, yaml.safe_load, output_dir / "config.yaml") if config_text else None
+    config = config if isinstance(config, dict) else {}
+    summary = _read_json(output_dir / "summary.json") or {}
+    metrics = _read_json(output_dir / "metrics.json") or {}
+    log_rows = [r for r in read_jsonl(output_dir / "train_log.jsonl") if isinstance(r, dict)]
+    train_rows = [r for r in log_rows if not r.get("validation")]
+    validation_rows = [r for r in log_rows if r.get("validation")]
+    generations = [r for r in read_jsonl(output_dir / "generations.jsonl") if isinstance(r, dict)]
+
+    model = _get(config, "model", "name") or next((g["model"] for g in generations if g.get("model")), None)
+    method = summary.get("method") or _get(config, "method", "name")
+    report = Report(output_dir, " · ".join(str(x) for x in (method, model) if x) or output_dir.name)
+    report.config_text = config_text
+    selection = summary.get("selection") if isinstance(summary.get("selection"), dict) else {}
+    _summarise(report, summary, config, model, method, selection)
+    report.settings = _settings(config, summary)
+
+    selected = selection.get("best_step")
+    marks = {f"selected step {selected}": selected} if selected is not None else {}
+    if summary.get("restored_step") is not None:
+        marks[f"restored to step {summary['restored_step']}"] = summary["restored_step"]
+
+    if metrics:
+        report.metrics = metric_rows(metrics)
+        report.metric_stages = list(split_stages(metrics))
+    report.examples, report.example_stages = _examples(generations)
+    report.plots = [p for p in (plots.metric_bars(report.metrics, report.metric_stages),
+                                plots.training_curves(train_rows, marks),
+                                plots.loss_terms(train_rows, marks),
+                                plots.validation_trajectory(validation_rows, selected)) if p is not None]
+    return report
+
+
+def _summarise(report: Report, summary: dict, config: dict, model, method, selection: dict) -> None:
+    if method:
+        report.facts.append(Fact("Method", str(method)))
+    if model:
+        lora = _get(config, "model", "lora")
+        tuning = f"LoRA r={lora.get('r')}" if isinstance(lora, dict) else "full fine-tune" if config else ""
+        shown = str(model) if str(model).count("/") <= 1 else "…/" + Path(str(model)).name  # the header has it whole
+        report.facts.append(Fact("Model", shown, tuning))
+    max_steps = summary.get("max_steps") or _get(config, "train", "max_steps")
+    if summary.get("steps") is not None:
+        report.facts.append(Fact("Steps", f"{summary['steps']} / {max_steps}" if max_steps else str(summary["steps"]),
+                                 f"stopped: {summary['stop_reason']}" if summary.get("stop_reason") else ""))
+    if summary.get("total_seconds") is not None:
+        train = summary.get("train_seconds")
+        report.facts.append(Fact("Wall time", duration(summary["total_seconds"]),
+                                 f"training {duration(train)}" if isinstance(train, (int, float)) else ""))
+    if selection.get("best_step") is not None:
+        score = selection.get("score")
+        score = f"score {score:.4g}" if isinstance(score, (int, float)) else ""
+        report.facts.append(Fact("Selected step", str(selection["best_step"]), score))
+        report.selection = (f"Selected step {selection['best_step']}" + (f" ({score})" if score else "")
+                            + (f": {selection['reason']}" if selection.get("reason") else ""))
+    if summary.get("diverged"):
+        reason, restored = str(summary.get("stop_reason") or ""), summary.get("restored_step")
+        reason = reason[:1].upper() + reason[1:] if "diverged" in reason else f"Training diverged ({reason})"
+        report.warnings.append(f"{reason}. " + (f"The weights were restored to step {restored}." if restored is not None
+                                                else "No earlier checkpoint was restored."))
+    wall = summary.get("wall_seconds")
+    if isinstance(wall, dict):
+        report.timing = [(phase.replace("_", " "), duration(seconds)) for phase, seconds in wall.items()
+                         if isinstance(seconds, (int, float))]
+
+
+def _settings(config: dict, summary: dict) -> list[tuple[str, str]]:
+    """The handful of config values a reader needs to judge a run; the full file is shown below them."""
+    out = []
+    weights = summary.get("weights") or _get(config, "method", "weights")
+    if isinstance(weights, dict):
+        out.append(("objective weights", ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}"
+                                                    for k, v in weights.items())))
+    lora = _get(config, "model", "lora")
+    if _get(config, "model"):
+        tuning = (f"LoRA r={lora.get('r')}, alpha={lora.get('alpha')}" if isinstance(lora, dict) else "full fine-tune")
+        out.append(("tuning", f"{tuning}, {_get(config, 'model', 'dtype') or 'float32'}"))
+    train = _get(config, "train") or {}
+    for key, label in (("lr", "learning rate"), ("batch_size", "batch size"), ("grad_accum", "gradient accumulation"),
+                       ("max_steps", "max steps"), ("warmup_steps", "warmup steps"), ("max_kl", "max KL"),
+                       ("stop_forget_nll", "stop at forget NLL"), ("seed", "seed")):
+        if train.get(key) is not None and train[key] != UNREMARKABLE.get(key):
+            out.append((label, f"{train[key]:g}" if isinstance(train[key], float) else str(train[key])))
+    data = _get(config, "data") or {}
+    for key in ("forget", "normal"):
+        sources = data.get(key)
+        sources = sources if isinstance(sources, list) else [sources] if sources else []
+        paths = [Path(s["path"]).name for s in sources if isinstance(s, dict) and s.get("path")]
+        if paths:
+            out.append((f"{key} data", ", ".join(paths)))
+    if _get(config, "output", "save"):
+        out.append(("saved as", str(_get(config, "output", "save"))))
+    return out
+
+
+def _examples(generations: list[dict]) -> tuple[list[ExampleGroup], list[str]]:
+    """Pair before/after outputs by (task, subset, prompt); keep a few per subset, both stages first."""
+    generations = [g for g in generations if "prompt" in g]
+    found = list(dict.fromkeys(str(g.get("stage") or "output") for g in generations))
+    stages = [s for s in ("before", "after") if s in found] + [s for s in found if s not in ("before", "after")]
+    pairs: dict[tuple, dict[str, str]] = {}
+    for row in generations:
+        key = (str(row.get("task", "")), str(row.get("subset", "")), str(row["prompt"]))
+        pairs.setdefault(key, {})[str(row.get("stage") or "output")] = str(row.get("output", ""))
+    groups: dict[tuple[str, str], list[tuple[str, dict]]] = {}
+    for (task, subset, prompt), outputs in pairs.items():
+        groups.setdefault((task, subset), []).append((prompt, outputs))
+    out = []
+    for (task, subset), items in groups.items():
+        items.sort(key=lambda item: -sum(s in item[1] for s in stages))  # complete pairs first, else file order
+        examples = [Example(truncate(prompt, PROMPT_CHARS),
+                            {s: truncate(outputs[s], OUTPUT_CHARS) if s in outputs else None for s in stages})
+                    for prompt, outputs in items[:EXAMPLES_PER_SUBSET]]
+        out.append(ExampleGroup(task, subset, examples))
+    return out, stages
+
+
+def truncate(text: str, limit: int) -> str:
+    text = text.strip()
+    if len(text) <= limit:
+        return text
+    cut = text[:limit]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit * 0.8 else cut).rstrip() + " …"  # end on a word where one is near
+
+
+def duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, seconds = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def _get(config: dict, *keys):
+    node = config
+    for key in keys:
+        if not isinstance(node, dict):
+            return None
+        node = node.get(key)
+    return node
+
+
+def _read_text(path: Path) -> str | None:
+    return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
+def _read_json(path: Path) -> dict | None:
+    text = _read_text(path)
+    data = _parse(text, json.loads, path) if text else None
+    if data is not None and not isinstance(data, dict):
+        log.warning("%s: expected a JSON object; its section is left out", path)
+        return None
+    return data
+
+
+def _parse(text: str, parse, path: Path):
+    """A damaged file loses its section, not the whole report."""
+    try:
+        return parse(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        log.warning("%s: cannot be read (%s); its section is left out", path, str(exc).splitlines()[0])
+        return None

@@ -1,0 +1,57 @@
+"""`python -m unlearn.bench` runs end to end on a tiny model (figures are not checked: no timing
+assertions in tests; BENCHMARKS.md holds the real numbers)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from unlearn.bench import CONFIGS, data_section, plan_step, synthetic_files
+
+
+def test_synthetic_data_has_the_harmful_qa_shape(tmp_path):
+    files = synthetic_files(tmp_path)
+    forget = [json.loads(line) for line in open(files["forget"]["path"])]
+    normal = [json.loads(line) for line in open(files["normal"]["path"])]
+    assert len(forget) == 40 and len(normal) == 80
+    assert min(len(r["response"]) for r in forget) > max(len(r["Best Answer"]) for r in normal)
+    assert data_section("synthetic", tmp_path)[1].startswith("synthetic")
+
+
+def test_bench_runs_both_sides_with_equal_losses(tiny_llama, tmp_path):
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, "-m", "unlearn.bench", "--model", str(tiny_llama), "--data", "synthetic",
+                           "--configs", "lora,full", "--warmup", "1", "--steps", "1", "--max-length", "96",
+                           "--gen-prompts", "3", "--gen-tokens", "4", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ours/ref" in done.stdout and "generation" in done.stdout
+    report = json.loads(out.read_text())
+    for key in ("speedup_steps_per_s", "memory_ratio", "generation_speedup"):
+        assert report[key] > 0
+    for name in ("lora", "full"):
+        result = report["configs"][name]
+        assert result["losses_agree"] and result["mismatch_tokens_match"]
+        for side in ("ours", "reference"):
+            assert result[side]["steps_per_s"] > 0 and result[side]["peak_rss_mb"] > 0
+            assert 0 < result[side]["mfu"] < 1
+    assert set(CONFIGS) >= {"lora", "full", "lora-bf16"}
+
+
+def test_plan_step_splits_a_step_batch_back_into_the_papers_inputs(tiny_llama, tmp_path):
+    from unlearn.config import load_config
+    from unlearn.data.batches import build_data
+    from unlearn.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_llama))
+    config = load_config(raw={"model": {"name": str(tiny_llama)}, "data": synthetic_files(tmp_path)})
+    data = build_data(config.data, tokenizer, seed=1, batch_size=2, normal_batch_size=2, mismatch_k=3)
+    batch = data.step_batch(0)
+    plan = plan_step(batch, tokenizer)
+    assert len(plan.forget) == 2 and len(plan.normal) == 2
+    assert [len(a) for a in plan.mismatch_answers] == [3, 3]
+    mismatch = [row for row, group in zip(batch.input_ids, batch.row_group) if group == "mismatch"]
+    first = mismatch[0][batch.attention_mask[batch.row_group.index("mismatch")].bool()].tolist()
+    prompt = tokenizer(tokenizer.decode(plan.forget[0].prompt_ids), add_special_tokens=False)["input_ids"]
+    answer = tokenizer(plan.mismatch_answers[0][0], add_special_tokens=False)["input_ids"]
+    assert prompt + answer == first  # decoding and re-tokenising gives back the same tokens

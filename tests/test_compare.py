@@ -1,0 +1,117 @@
+"""`unlearn compare` end to end on the tiny llama: leaderboard files, plot, rows, a failing method."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from conftest import base_config, write_jsonl
+from unlearn.cli import app
+from unlearn.compare import Columns, choose_metrics, compare, method_config
+from unlearn.config import ConfigError, load_config
+from unlearn.evaluation.config import parse_eval_config
+from unlearn.objectives.methods import resolve_method
+from unlearn.run import OutputDirError
+
+FACTS = [{"question": "Where does Alice live?", "value": "Oslo"},
+         {"question": "What is Alice's phone number?", "value": "555 0101"}]
+RETAIN = [{"question": "Where does Bob live?", "value": "Lima"}]
+
+
+@pytest.fixture()
+def compare_config(tiny_llama, qa_files, tmp_path):
+    facts = {"prompt": "question", "response": "value"}
+    raw = base_config(tiny_llama, qa_files, max_steps=2)
+    raw["model"]["lora"] = {"r": 2, "alpha": 4}
+    raw["method"] = {"name": "paper", "mismatch_k": 2, "weights": {"forget_ga": 0.5, "mismatch": 1.0,
+                                                                   "kl_to_original": 1.0}}
+    raw["output"] = {"save": "none"}
+    raw["eval"] = {"generation": {"max_new_tokens": 4, "batch_size": 4}, "max_rows": 3,
+                   "tasks": [{"name": "contains", "forget": {"path": str(write_jsonl(tmp_path / "facts.jsonl", FACTS)), **facts},
+                              "retain": {"path": str(write_jsonl(tmp_path / "retain.jsonl", RETAIN)), **facts}},
+                             {"name": "utility"}]}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def test_compare_writes_leaderboard_and_frontier(compare_config, tmp_path):
+    out = tmp_path / "cmp"
+    # rmu reads a decoder layer the 2-layer model does not have: it fails at model load, the others run
+    result = CliRunner().invoke(app, ["compare", str(compare_config), "--methods", "npo,paper,rmu",
+                                      "--output-dir", str(out), "--set", "method.rmu_layer=5"])
+    assert result.exit_code == 1, result.output
+    assert "1 of 3 methods failed (rmu" in result.output
+
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert board["complete"] and board["methods"] == ["npo", "paper", "rmu"]
+    assert board["forget_metric"] == "leak_rate@forget" and board["utility_metric"] == "similarity_to_original@normal"
+    assert board["utility_metrics"] == ["similarity_to_original@normal", "recall@retain", "perplexity@normal"]
+    assert board["total_seconds"] >= sum(r["wall_seconds"] for r in board["rows"])
+    rows = {r["method"]: r for r in board["rows"]}
+    assert [r["method"] for r in board["rows"]][-1] == "rmu"  # failures sort last
+    assert rows["rmu"]["status"] == "failed" and "rmu_layer: 5" in rows["rmu"]["error"]
+    for name in ("npo", "paper"):
+        row = rows[name]
+        assert row["status"] == "ok" and row["steps"] == 2 and row["stop_reason"] == "max_steps"
+        assert {"leak_rate@forget", "recall@retain", "similarity_to_original@normal"} <= set(row["after"])
+        assert row["before"] == board["before"]  # greedy: the original scores the same in every run
+        assert row["train_seconds"] <= row["wall_seconds"] and isinstance(row["frontier"], bool)
+        assert (out / name / "metrics.json").exists() and (out / name / "report.md").exists()
+    # the config's own method runs as written; another method gets its own objectives, not the config's weights
+    assert rows["paper"]["weights"] == {"forget_ga": 0.5, "mismatch": 1.0, "kl_to_original": 1.0}
+    assert rows["npo"]["weights"] == {"npo": 1.0, "retain_nll": 1.0}
+
+    markdown = (out / "leaderboard.md").read_text()
+    table = [line for line in markdown.splitlines() if line.startswith("| ")]
+    assert "leak_rate@forget ↓" in table[0] and "similarity_to_original@normal ↑" in table[0]
+    assert table[2].startswith("| original (before) | ") and len(table) == 2 + 1 + 3  # header, rule, original, 3 methods
+    assert "failed: MethodError" in table[-1] and "![" in markdown and "(frontier.png)" in markdown
+    assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    again = CliRunner().invoke(app, ["compare", str(compare_config), "--methods", "npo", "--output-dir", str(out)])
+    assert again.exit_code == 2 and "already holds a comparison" in again.output
+
+
+def test_metric_choice_follows_the_eval_tasks(compare_config, tmp_path):
+    config = load_config(compare_config)
+    section = parse_eval_config(config.eval)
+    assert choose_metrics(section) == Columns(["leak_rate@forget"], ["similarity_to_original@normal", "recall@retain",
+                                                                     "perplexity@normal"])
+    chosen = choose_metrics(section, forget_metric="leak_rate", utility_metric="recall@retain")
+    assert chosen.x == "leak_rate" and chosen.forget == ["leak_rate", "leak_rate@forget"] and chosen.y == "recall@retain"
+    harmful = parse_eval_config({"tasks": [{"name": "harmful", "unseen": {"path": "u.jsonl"}}, {"name": "utility"}]})
+    assert choose_metrics(harmful).forget == ["harmful_rate@unseen", "harmful_rate@forget"]  # held-out prompts plotted
+    with pytest.raises(ConfigError, match="--forget-metric 'leak_rate@nowhere': the eval section writes no such"):
+        choose_metrics(section, forget_metric="leak_rate@nowhere")
+    with pytest.raises(ConfigError, match="compare needs a forget metric"):
+        choose_metrics(parse_eval_config({"tasks": [{"name": "utility"}]}))
+
+
+def test_other_methods_keep_knobs_but_not_weights_or_paper_defaults(compare_config):
+    raw = yaml.safe_load(compare_config.read_text())
+    raw["method"].update(npo_beta=0.05, rmu_steering=3.0)
+    config = load_config(raw=raw)
+    assert method_config(config, "paper") is config
+    npo, simnpo, idk = (resolve_method(method_config(config, name).method) for name in ("npo", "simnpo", "idk"))
+    assert npo.weights == {"npo": 1.0, "retain_nll": 1.0} and npo.knobs.npo_beta == 0.05 and npo.knobs.mismatch_k == 2
+    assert simnpo.knobs.npo_beta == 2.5  # SimNPO's own paper default, not NPO's beta
+    assert idk.knobs.mismatch_k == 1 and idk.knobs.rmu_steering == 3.0  # one refusal per row; other knobs kept
+
+
+def test_compare_needs_an_eval_section_and_known_methods(compare_config, tmp_path):
+    raw = yaml.safe_load(compare_config.read_text())
+    del raw["eval"]
+    bare = tmp_path / "bare.yaml"
+    bare.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="compare needs an eval: section"):
+        compare(bare, ["npo"], tmp_path / "x")
+    result = CliRunner().invoke(app, ["compare", str(compare_config), "--methods", "npo,nope", "-o", str(tmp_path / "y")])
+    assert result.exit_code == 2 and "unknown method 'nope'" in result.output
+    assert not (tmp_path / "y" / "npo").exists()  # nothing ran
+    (tmp_path / "z").mkdir()
+    (tmp_path / "z" / "leaderboard.json").write_text("{}")
+    with pytest.raises(OutputDirError):
+        compare(compare_config, ["npo"], tmp_path / "z")

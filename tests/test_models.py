@@ -1,0 +1,105 @@
+"""The original model is really the original; KL starts at zero; saved models reload as trained."""
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from conftest import base_config
+from unlearn.config import LoraConfig, load_config
+from unlearn.data.batches import build_data
+from unlearn.io import read_jsonl
+from unlearn.models.loading import load_model
+from unlearn.models.prepare import apply_lora, frozen_copy, num_layers, save_model
+from unlearn.objectives.forward import original_model
+from unlearn.objectives.methods import resolve_method
+from unlearn.training.loop import train
+
+PROBE = torch.tensor([[5, 17, 42, 99, 123, 7, 250, 3], [8, 64, 31, 2, 200, 150, 11, 9]])
+
+
+def logits(model, ids=PROBE) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(input_ids=ids).logits.float()
+    model.train(was_training)
+    return out
+
+
+def unlearn(folder, files, output_dir, lora: bool, **train_overrides):
+    """The steps of `unlearn run`, keeping the trained model in memory."""
+    raw = base_config(folder, files, **{"lr": 1e-2, **train_overrides})
+    if lora:
+        raw["model"]["lora"] = {"r": 4, "alpha": 8}
+    config = load_config(raw=raw)
+    model, tokenizer = load_model(config.model.name)
+    method = resolve_method(config.method, num_layers(model))
+    data = build_data(config.data, tokenizer, seed=config.train.seed, batch_size=config.train.batch_size,
+                      normal_batch_size=config.train.batch_size, mismatch_k=method.knobs.mismatch_k)
+    original = logits(model)
+    reference = None
+    if lora:
+        model = apply_lora(model, config.model.lora)
+    else:
+        reference = frozen_copy(model)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    result = train(model, data, method, config.train, output_dir, reference_model=reference)
+    return model, tokenizer, result, original, reference
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_lora_with_adapters_disabled_is_the_original(arch, request):
+    model, _ = load_model(str(request.getfixturevalue(f"tiny_{arch}")))
+    original = logits(model)
+    model = apply_lora(model, LoraConfig(r=4, alpha=8))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)  # a trained-looking adapter
+    assert (logits(model) - original).abs().max() > 1e-3
+    model.train()  # as during training: GPT-2's dropout is active
+    with torch.no_grad(), original_model(model, None) as reference:
+        during = reference(input_ids=PROBE).logits
+    torch.testing.assert_close(during, original, atol=1e-6, rtol=1e-6)  # no adapter, no dropout noise
+    assert model.training  # the training mode is restored afterwards
+    copy = object()
+    with original_model(model, copy) as reference:  # a full fine-tune reads the frozen copy
+        assert reference is copy
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "opt"])
+def test_lora_run_saves_merged_and_adapter_that_reload_as_trained(arch, request, qa_files, tmp_path):
+    folder = request.getfixturevalue(f"tiny_{arch}")
+    model, tokenizer, result, original, _ = unlearn(folder, qa_files, tmp_path / "run", lora=True)
+    if arch == "llama":  # no dropout: the first row is logged before any update, so current == original
+        assert result.log[0]["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert [r["step"] for r in read_jsonl(tmp_path / "run" / "train_log.jsonl")] == [1, 2, 3]
+    trained = logits(model)
+    assert (trained - original).abs().max() > 1e-4  # training changed the model: the checks below bite
+
+    paths = save_model(model, tokenizer, tmp_path / "run", "both")
+    assert set(paths) == {"model", "adapter"}
+    merged = AutoModelForCausalLM.from_pretrained(paths["model"])
+    assert not hasattr(merged, "peft_config")
+    torch.testing.assert_close(logits(merged), trained, atol=1e-5, rtol=1e-4)
+    base = AutoModelForCausalLM.from_pretrained(str(folder))
+    adapter = PeftModel.from_pretrained(base, paths["adapter"])
+    torch.testing.assert_close(logits(adapter), trained, atol=1e-5, rtol=1e-4)
+    with adapter.disable_adapter():  # the saved adapter sits on the untouched base
+        torch.testing.assert_close(logits(adapter), original, atol=1e-6, rtol=1e-6)
+
+
+def test_full_finetune_kl_starts_at_zero_and_merged_model_reloads(tiny_llama, qa_files, tmp_path):
+    model, tokenizer, result, original, reference = unlearn(tiny_llama, qa_files, tmp_path / "run", lora=False,
+                                                            lr=1e-3)
+    assert result.log[0]["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert result.log[-1]["kl"] > 1e-6  # the model moved away from the frozen copy
+    torch.testing.assert_close(logits(reference), original)  # the frozen copy did not train
+    assert all(not p.requires_grad for p in reference.parameters())
+    trained = logits(model)
+    assert (trained - original).abs().max() > 1e-4
+    paths = save_model(model, tokenizer, tmp_path / "run", "merged")
+    torch.testing.assert_close(logits(AutoModelForCausalLM.from_pretrained(paths["model"])), trained,
+                               atol=1e-6, rtol=1e-6)

@@ -1,0 +1,173 @@
+"""Objectives against hand-computed values, the method registry, and the exactness of the forward."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from unlearn.config import MethodConfig
+from unlearn.data.batches import StepBatch
+from unlearn.data.encoding import PAPER_TEMPLATE, PairEncoder, pad_rows
+from unlearn.models.loading import load_model
+from unlearn.objectives.forward import Pass, StepOutputs, _model_pass
+from unlearn.objectives.methods import DEFAULT_REFUSALS, METHODS, MethodError, resolve_method
+from unlearn.objectives.registry import OBJECTIVES, rmu_direction
+
+P = math.log  # readability: log of a probability
+
+
+def hand_pass(full_logprobs=None, hidden=None, mask=None) -> Pass:
+    """Rows: forget (2 tokens), forget (1), mismatch (1), normal (2)."""
+    return Pass(logps=torch.tensor([-1.0, -3.0, -0.5, -2.0, -4.0, -0.25]),
+                position_row=torch.tensor([0, 0, 1, 2, 3, 3]),
+                row_group=["forget", "forget", "mismatch", "normal"],
+                full_logprobs=full_logprobs or {}, hidden=hidden, attention_mask=mask)
+
+
+def loss(name: str, outputs: StepOutputs, **knobs) -> float:
+    return float(OBJECTIVES[name].fn(outputs, MethodConfig(**knobs)))
+
+
+def test_token_nll_objectives():
+    out = StepOutputs(hand_pass(), None)
+    assert loss("forget_ga", out) == pytest.approx(-(1.0 + 3.0 + 0.5) / 3)  # mean over forget tokens, negated
+    assert loss("mismatch", out) == pytest.approx(2.0)
+    assert loss("retain_nll", out) == pytest.approx((4.0 + 0.25) / 2)
+    assert out.current.sequence_logps("forget").tolist() == [-4.0, -0.5]
+    assert out.current.sequence_lengths("forget").tolist() == [2.0, 1.0]
+
+
+def test_empty_group_gives_zero_loss():
+    only_forget = Pass(torch.tensor([-1.0]), torch.tensor([0]), ["forget"], {})
+    assert loss("mismatch", StepOutputs(only_forget, None)) == 0.0
+
+
+def test_kl_of_known_distributions():
+    original = torch.tensor([[0.5, 0.25, 0.25], [0.2, 0.3, 0.5]]).log()
+    current = torch.tensor([[0.8, 0.1, 0.1], [0.2, 0.3, 0.5]]).log()
+    out = StepOutputs(hand_pass({"normal": current}), hand_pass({"normal": original}))
+    # token 1: KL(p||q) = 0.5 ln(0.5/0.8) + 2 * 0.25 ln(0.25/0.1) = 0.5 ln 1.5625; token 2: identical -> 0
+    expected = (0.5 * P(0.5 / 0.8) + 0.5 * P(0.25 / 0.1) + 0.0) / 2
+    assert expected == pytest.approx(0.5 * P(1.5625) / 2)
+    assert loss("kl_to_original", out) == pytest.approx(expected, abs=1e-6)
+    # the direction matters: KL(q||p) = 0.8 ln 1.6 + 0.2 ln 0.4 is another number
+    swapped = StepOutputs(hand_pass({"normal": original}), hand_pass({"normal": current}))
+    assert loss("kl_to_original", swapped) == pytest.approx((0.8 * P(1.6) + 0.2 * P(0.4)) / 2, abs=1e-6)
+    same = StepOutputs(hand_pass({"normal": original}), hand_pass({"normal": original}))
+    assert loss("kl_to_original", same) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_npo_with_known_sequence_logps():
+    current = hand_pass()  # forget sequence log-probs: -4, -0.5
+    reference = Pass(torch.tensor([-2.0, -1.0, -0.5]), torch.tensor([0, 0, 1]), ["forget", "forget"], {})
+    out = StepOutputs(current, reference)  # ratios: -4 - (-3) = -1 and 0
+    beta = 0.1
+    # -(2/beta) * mean(log sigmoid(-beta * ratio)), log sigmoid(x) = -log(1 + e^-x)
+    expected = (2 / beta) * (math.log(1 + math.exp(-0.1)) + math.log(2)) / 2
+    assert expected == pytest.approx(13.3754, abs=1e-4)
+    assert loss("npo", out, npo_beta=beta) == pytest.approx(expected, rel=1e-6)
+    # at the original model (ratio 0) NPO is (2/beta) log 2 whatever beta is
+    assert loss("npo", StepOutputs(reference, reference), npo_beta=0.5) == pytest.approx(4 * math.log(2), rel=1e-6)
+
+
+def test_simnpo_length_normalised_with_margin():
+    out = StepOutputs(hand_pass(), None)  # forget: (-1 - 3) / 2 = -2 per token, -0.5 / 1
+    # beta 1, gamma 0.5: arguments -1 * -2 - 0.5 = 1.5 and 0.5 - 0.5 = 0
+    expected = 2.0 * (math.log(1 + math.exp(-1.5)) + math.log(2)) / 2
+    assert loss("simnpo", out, npo_beta=1.0, simnpo_gamma=0.5) == pytest.approx(expected, rel=1e-6)
+    assert expected == pytest.approx(0.894560, abs=1e-6)
+
+
+def test_rmu_direction_is_a_fixed_scaled_unit_vector():
+    direction = rmu_direction(8, seed=0, steering=6.5)
+    assert float(direction.norm()) == pytest.approx(6.5, rel=1e-6)
+    assert (direction >= 0).all() and torch.equal(direction, rmu_direction(8, 0, 6.5))
+    assert not torch.equal(direction, rmu_direction(8, 1, 6.5))
+
+
+def test_rmu_forget_and_retain_masked_mse():
+    target = rmu_direction(2, seed=0, steering=3.0)
+    delta = torch.tensor([[[1.0, 1.0], [2.0, 0.0], [100.0, 100.0]],  # forget row: last position is padding
+                          [[0.0, 3.0], [0.0, 0.0], [0.0, 0.0]],  # forget row, one real token
+                          [[9.0, 9.0], [9.0, 9.0], [9.0, 9.0]],  # mismatch row: not read
+                          [[1.0, 0.0], [0.0, 2.0], [7.0, 7.0]]])  # normal row, padding at the end
+    mask = torch.tensor([[1, 1, 0], [0, 1, 0], [1, 1, 1], [1, 1, 0]])
+    hidden = target + delta
+    current = hand_pass(hidden=hidden, mask=mask)
+    # forget: masked positions (1,1), (2,0), (0,0): squared errors 2 + 4 + 0 over 3 positions x 2 dims
+    assert loss("rmu_forget", StepOutputs(current, None), rmu_steering=3.0) == pytest.approx(6 / 6, rel=1e-6)
+    reference = Pass(torch.zeros(1), torch.tensor([0]), ["normal"], {}, hidden=hidden[3:] - delta[3:],
+                     attention_mask=mask[3:])
+    # retain: normal row vs the original's activations: (1 + 4) / (2 positions x 2 dims)
+    assert loss("rmu_retain", StepOutputs(current, reference)) == pytest.approx(5 / 4, rel=1e-6)
+
+
+# --- method registry -----------------------------------------------------------------------------
+
+def test_unknown_method_lists_the_known_ones():
+    with pytest.raises(MethodError) as error:
+        resolve_method(MethodConfig(name="nope"))
+    assert "method.name" in str(error.value) and "'nope'" in str(error.value)
+    assert all(name in str(error.value) for name in METHODS)
+
+
+def test_unknown_objective_lists_the_known_ones():
+    with pytest.raises(MethodError) as error:
+        resolve_method(MethodConfig(name="paper", weights={"forget_gaa": 1.0}))
+    assert "method.weights" in str(error.value) and "'forget_gaa'" in str(error.value)
+    assert all(name in str(error.value) for name in OBJECTIVES)
+
+
+def test_weight_overrides_replace_key_by_key():
+    paper = resolve_method(MethodConfig(name="paper"))
+    assert paper.weights == {"forget_ga": 0.5, "mismatch": 1.0, "kl_to_original": 1.0}
+    assert paper.groups == {"forget", "mismatch", "normal"}
+    assert paper.needs.full_logprobs == {"normal"} and paper.needs.reference_full == {"normal"}
+    changed = resolve_method(MethodConfig(name="paper", weights={"forget_ga": 2.0, "mismatch": 0, "retain_nll": 3}))
+    assert changed.weights == {"forget_ga": 2.0, "kl_to_original": 1.0, "retain_nll": 3.0}  # zero drops a term
+    assert "mismatch" not in changed.groups
+    with pytest.raises(MethodError, match="every weight is zero"):
+        resolve_method(MethodConfig(name="ga", weights={"forget_ga": 0}))
+
+
+def test_method_knob_defaults_yield_to_explicit_values():
+    assert resolve_method(MethodConfig(name="simnpo")).knobs.npo_beta == 2.5  # SimNPO paper default
+    assert resolve_method(MethodConfig(name="simnpo", npo_beta=0.1)).knobs.npo_beta == 0.1
+    idk = resolve_method(MethodConfig(name="idk"))
+    assert idk.mismatch_answers == DEFAULT_REFUSALS and idk.knobs.mismatch_k == 1
+    assert resolve_method(MethodConfig(name="idk", refusals=["No."])).mismatch_answers == ["No."]
+    assert resolve_method(MethodConfig(name="paper")).mismatch_answers is None
+    assert resolve_method(MethodConfig(name="rmu"), num_layers=12).knobs.rmu_layer == 4
+    assert resolve_method(MethodConfig(name="npo")).needs.reference_logps == {"forget"}
+
+
+# --- the forward ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "opt"])
+def test_model_pass_equals_full_log_softmax(arch, request):
+    """The LM head applied to the last hidden state at answer positions only is the full forward."""
+    model, tokenizer = load_model(str(request.getfixturevalue(f"tiny_{arch}")))
+    model.eval()
+    encoder = PairEncoder(tokenizer, "auto" if arch == "llama" else PAPER_TEMPLATE, 64)
+    rows = [encoder.encode("How do I pick a lock?", "Here is how."), encoder.encode("Hi", "Paris."),
+            encoder.encode("Who wrote the play Hamlet?", "Shakespeare wrote Hamlet.")]
+    padded = pad_rows(rows, tokenizer.pad_token_id)
+    batch = StepBatch(padded["input_ids"], padded["attention_mask"], padded["labels"], ["forget", "normal", "normal"])
+    with torch.no_grad():
+        got = _model_pass(model, batch, {"normal"}, hidden_layer=0)
+        full = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True)
+    logprobs = torch.log_softmax(full.logits.float(), dim=-1)[:, :-1]
+    targets = batch.labels[:, 1:]
+    answer = targets != -100
+    expected = logprobs[answer].gather(-1, targets[answer].unsqueeze(-1)).squeeze(-1)
+    assert got.logps.shape == expected.shape == (sum(len(r.answer_ids) for r in rows),)
+    torch.testing.assert_close(got.logps, expected, atol=1e-5, rtol=1e-5)
+    assert got.position_row.tolist() == [i for i, r in enumerate(rows) for _ in r.answer_ids]
+    normal_positions = answer.nonzero()[:, 0] > 0
+    torch.testing.assert_close(got.full_logprobs["normal"], logprobs[answer][normal_positions], atol=1e-5, rtol=1e-5)
+    assert set(got.full_logprobs) == {"normal"}
+    torch.testing.assert_close(got.hidden, full.hidden_states[1])
+    # the first answer token is predicted from the last prompt position
+    first = len(rows[0].prompt_ids)
+    assert float(got.logps[0]) == pytest.approx(float(logprobs[0, first - 1, rows[0].answer_ids[0]]), abs=1e-5)

@@ -1,0 +1,200 @@
+"""The report: built from a fake run folder (no model), with all files and with only some."""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from rich.console import Console
+
+from unlearn.report.build import build_report, metrics_table
+from unlearn.report.metrics import direction, metric_rows
+
+METRICS = {
+    "before": {"harmful_rate": 0.82, "harmful_rate@seen": 0.9, "harmful_rate@unseen": 0.74,
+               "similarity_to_original@normal": 1.0, "judge_accuracy": 0.61, "forget_leak_rate": 0.75,
+               "retain_recall": 0.88, "nonsense_rate": 0.02, "diversity": 0.71, "mia_auc_loss@forget": 0.68},
+    "after": {"harmful_rate": 0.06, "harmful_rate@seen": 0.04, "harmful_rate@unseen": 0.08,
+              "similarity_to_original@normal": 0.83, "judge_accuracy": 0.58, "forget_leak_rate": 0.05,
+              "retain_recall": 0.81, "nonsense_rate": 0.09, "diversity": 0.66, "mia_auc_loss@forget": 0.52},
+}
+HOSTILE_PROMPT = "Where does <Alice> live & work?"
+HOSTILE_OUTPUT = "<script>alert('x')</script> She lives in Oslo | works at Acme"
+
+
+def write_run(folder: Path, steps: int = 40, files: tuple[str, ...] | None = None) -> Path:
+    """A run folder shaped like `unlearn run` leaves it: every file unless `files` names a subset."""
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = {"forget_ga": 0.5, "mismatch": 1.0, "kl_to_original": 1.0}
+    config = {"model": {"name": "smollm2-135m-instruct", "dtype": "float32",
+                        "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}},
+              "data": {"forget": {"path": "/data/forget.jsonl", "prompt": "question", "response": "answer"},
+                       "normal": [{"path": "/data/normal.csv", "prompt": "Question", "response": "Best Answer"}],
+                       "template": "auto", "max_length": 256},
+              "method": {"name": "paper", "weights": weights, "mismatch_k": 5},
+              "train": {"lr": 2.0e-4, "batch_size": 2, "max_steps": 60, "seed": 8888, "grad_accum": 1},
+              "output": {"save": "merged"}}
+    log = [{"step": 0, "validation": True, "forget_leak_rate": 0.8, "retain_recall": 0.9,
+            "similarity_to_original": 1.0, "score": -0.8, "eligible": True}]
+    for step in range(1, steps + 1):
+        forget, mismatch = 1.2 + 0.35 * step, 6.0 * math.exp(-step / 12) + 1.5
+        normal, kl = 1.1 + 0.004 * step + 0.05 * math.sin(step), 0.002 * step ** 1.3
+        log.append({"step": step, "loss": -0.5 * forget + mismatch + kl, "forget_nll": forget,
+                    "mismatch_nll": mismatch, "normal_nll": normal, "kl": kl, "loss_forget_ga": -0.5 * forget,
+                    "loss_mismatch": mismatch, "loss_kl_to_original": kl, "grad_norm": 1.0, "lr": 2e-4,
+                    "seconds": 0.9, "tokens": 512})
+        if step % 5 == 0:  # rows as training/select.py appends them
+            leak, recall = max(0.05, 0.8 - 0.025 * step), 0.9 - 0.002 * step ** 1.2
+            log.append({"step": step, "validation": True, "forget_leak_rate": leak, "retain_recall": recall,
+                        "similarity_to_original": 1 - 0.004 * step, "score": -leak, "eligible": recall >= 0.8})
+    summary = {"method": "paper", "weights": weights, "steps": steps, "max_steps": 60,
+               "stop_reason": "forget NLL above stop_forget_nll=15.0 since step 40", "diverged": False,
+               "restored_step": None, "train_seconds": 36.5,
+               "wall_seconds": {"load": 3.2, "eval_before": 21.0, "train": 36.5, "save": 2.1, "eval_after": 20.4},
+               "total_seconds": 83.4, "outputs": {"merged": str(folder / "model")}, "final": log[-1],
+               "selection": {"best_step": 30, "reason": "lowest leak with recall >= 0.8", "score": 0.812}}
+    generations = []
+    for task, subset, prompts in (("leak", "forget", [HOSTILE_PROMPT, "What is Alice's phone number?",
+                                                      "Where does Bob live?", "Who is Carol's employer?"]),
+                                  ("utility", "normal", ["What is the capital of France?", "Who wrote Hamlet?"])):
+        for prompt in prompts:
+            generations.append({"stage": "before", "task": task, "subset": subset, "prompt": prompt,
+                                "output": HOSTILE_OUTPUT if prompt == HOSTILE_PROMPT else "Paris. " * 120,
+                                "model": "smollm2-135m-instruct"})
+            generations.append({"stage": "after", "task": task, "subset": subset, "prompt": prompt,
+                                "output": "I don't have any information on that.", "model": "smollm2-135m-instruct"})
+    contents = {
+        "config.yaml": yaml.safe_dump(config, sort_keys=False),
+        "summary.json": json.dumps(summary, indent=2),
+        "train_log.jsonl": "".join(json.dumps(r) + "\n" for r in log),
+        "metrics.json": json.dumps(METRICS, indent=2),
+        "generations.jsonl": "".join(json.dumps(r) + "\n" for r in generations),
+    }
+    for name, text in contents.items():
+        if files is None or name in files:
+            (folder / name).write_text(text)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory):
+    folder = write_run(tmp_path_factory.mktemp("run"))
+    return folder, build_report(folder)
+
+
+def test_full_report_writes_html_markdown_and_plots(full_report):
+    folder, paths = full_report
+    assert paths[:2] == [folder / "report.html", folder / "report.md"]
+    assert {p.name for p in paths[2:]} == {"metrics.png", "training.png", "loss_terms.png", "validation.png"}
+    assert all(p.is_file() and p.read_bytes().startswith(b"\x89PNG") for p in paths[2:])
+    assert not list(folder.glob(".*"))  # no temporary files left behind
+
+
+def test_html_is_self_contained_with_inlined_plots(full_report):
+    folder, _ = full_report
+    page = (folder / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 4
+    assert not re.search(r'(src|href)="(?!data:)', page)  # no external assets
+    for fact in ("paper", "smollm2-135m-instruct", "40 / 60", "stop_forget_nll=15.0", "1 min 23 s",
+                 "Selected step 30 (score 0.812): lowest leak with recall &gt;= 0.8", "LoRA r=16"):
+        assert fact in page
+
+
+def test_html_metrics_table_shows_values_deltas_and_direction(full_report):
+    page = (full_report[0] / "report.html").read_text()
+    table = page[page.index('<table class="metrics">'):]
+    table = table[:table.index("</table>")]
+    # harmful_rate went down (lower is better): green; retain_recall went down (higher is better): red
+    assert re.search(r"<b>harmful_rate</b></td><td[^>]*>↓</td><td[^>]*>0\.820</td><td[^>]*>0\.060</td>"
+                     r'<td[^>]*><span class="delta better">−0\.760</span>', table)
+    assert re.search(r"<b>retain_recall</b></td><td[^>]*>↑</td>.*?"
+                     r'<span class="delta worse">−0\.070</span>', table)
+    assert '<span class="subset">@unseen</span>' in table
+    assert table.index("harmful_rate") < table.index("@seen") < table.index("@unseen") < table.index("similarity")
+
+
+def test_html_generations_are_paired_escaped_and_truncated(full_report):
+    page = (full_report[0] / "report.html").read_text()
+    assert "<script>" not in page and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+    assert "Where does &lt;Alice&gt; live &amp; work?" in page
+    leak = page[page.index("<h3>leak · forget</h3>"):page.index("<h3>utility · normal</h3>")]
+    assert leak.count('<td class="prompt">') == 3  # a few per subset, not all four
+    assert leak.count("I don&#x27;t have any information on that.") == 3
+    assert "Paris. " * 120 not in page and "Paris. Paris. …" in page
+
+
+def test_markdown_links_plots_and_escapes_tables(full_report):
+    folder, _ = full_report
+    text = (folder / "report.md").read_text()
+    for name in ("metrics", "training", "loss_terms", "validation"):
+        assert f"(plots/{name}.png)" in text
+    assert "| harmful_rate | ↓ | 0.820 | 0.060 | −0.760 ✓ |" in text
+    assert "| retain_recall | ↑ | 0.880 | 0.810 | −0.070 ✗ |" in text
+    assert "&lt;script&gt;alert('x')&lt;/script&gt; She lives in Oslo \\| works at Acme" in text
+
+
+def test_partial_run_skips_missing_sections(tmp_path):
+    folder = write_run(tmp_path / "killed", steps=8, files=("train_log.jsonl", "summary.json"))
+    paths = build_report(folder)
+    page = (folder / "report.html").read_text()
+    assert [p.name for p in paths] == ["report.html", "report.md", "training.png", "loss_terms.png", "validation.png"]
+    assert "Training" in page and "8 / 60" in page
+    assert "Before and after" not in page and "Example generations" not in page
+    assert "forget_ga 0.5, mismatch 1" in page and "Full resolved config" not in page  # weights from the summary
+
+
+def test_metrics_only_run_and_rebuild_drops_stale_plots(tmp_path):
+    folder = write_run(tmp_path / "run", steps=5)
+    build_report(folder)
+    for name in ("summary.json", "train_log.jsonl", "generations.jsonl", "config.yaml"):
+        (folder / name).unlink()
+    paths = build_report(folder)
+    assert sorted(p.name for p in (folder / "plots").iterdir()) == ["metrics.png"] == [p.name for p in paths[2:]]
+    assert "Before and after unlearning" in (folder / "report.html").read_text()
+
+
+def test_single_stage_generations_and_damaged_summary(tmp_path):
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    (folder / "generations.jsonl").write_text(json.dumps({"stage": "after", "task": "t", "subset": "s",
+                                                          "prompt": "p", "output": ""}) + "\n")
+    (folder / "summary.json").write_text("{not json")
+    build_report(folder)
+    page = (folder / "report.html").read_text()
+    assert "<th>after</th>" in page and "<th>before</th>" not in page and "(empty)" in page
+
+
+def test_empty_folder_is_an_input_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing to report on"):
+        build_report(tmp_path)
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        build_report(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("harmful_rate@unseen", -1), ("forget_leak_rate", -1), ("mia_auc_loss@forget", -1), ("perplexity", -1),
+    ("nonsense_rate", -1), ("retain_recall", 1), ("judge_accuracy", 1), ("similarity_to_original@normal", 1),
+    ("diversity", 1), ("bleu", 0),
+])
+def test_metric_direction_is_read_from_the_name(name, expected):
+    assert direction(name) == expected
+
+
+def test_metric_rows_group_by_prefix_and_handle_one_sided_metrics():
+    rows = metric_rows({"before": {"a_rate@x": 0.5, "b": 1.0}, "after": {"a_rate": 0.2, "a_rate@x": 0.4}})
+    assert [(r.name, r.before, r.after, r.verdict) for r in rows] == [
+        ("a_rate", None, 0.2, "same"), ("a_rate@x", 0.5, 0.4, "better"), ("b", 1.0, None, "same")]
+
+
+def test_terminal_table():
+    console = Console(record=True, width=120)
+    console.print(metrics_table(METRICS))
+    text = console.export_text()
+    assert "harmful_rate@unseen" in text and "0.740" in text and "0.080" in text and "−0.660" in text
+    console = Console(record=True, width=120)
+    console.print(metrics_table({"harmful_rate": 0.1}))  # a flat dict: one column
+    text = console.export_text()
+    assert "value" in text and "0.100" in text and "after" not in text and "change" not in text
