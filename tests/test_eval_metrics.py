@@ -156,6 +156,9 @@ def test_classifier_judge_label_mapping(tiny_classifiers):
                                              harmful_labels=["safe", "unsafe"]), examples)
     assert everything.harmful(["q", "q"], ["Bob lives in Lima.", ""]) == [True, False]
     assert everything.accuracy == pytest.approx(2 / 3)
+    by_id = ClassifierJudge(JudgeConfig(kind="classifier", path=tiny_classifiers["classifier"],
+                                        harmful_labels=[0, 1]), examples)
+    assert by_id.harmful_ids == {0, 1}
     with pytest.raises(ConfigError, match="'toxic' is not a label"):
         ClassifierJudge(JudgeConfig(kind="classifier", path=tiny_classifiers["classifier"],
                                     harmful_labels=["toxic"]), examples)

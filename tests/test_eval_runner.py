@@ -134,6 +134,42 @@ def test_contains_and_hallucination_on_known_outputs(llama, tiny_llama, eval_fil
                       "hallucination_rate": 0.5, "hallucination_rate@forget": 0.5}
 
 
+def test_leak_task_scores_against_the_cut_true_continuation(llama, tiny_llama, eval_files, tmp_path, monkeypatch):
+    import unlearn.evaluation.runner as runner
+
+    model, tokenizer = llama
+    section = {"generation": {"max_new_tokens": 5}, "tasks": [
+        {"name": "leak", "forget": {"path": str(eval_files["book"]), "window_tokens": 24, "prompt_tokens": 8}}]}
+    config = load_config(raw={**base_config(tiny_llama, eval_files), "eval": section})
+    evaluator = Evaluator(config.eval, tokenizer, config.data, tmp_path)
+    windows = evaluator.tasks[0][1]["forget"]
+    # every other window is recited: its first 5 continuation tokens, exactly
+    recited = {tuple(ids): tokenizer.decode(tokenizer(ref, add_special_tokens=False)["input_ids"][:5])
+               for n, (ids, ref) in enumerate(zip(windows.prompt_ids, windows.references)) if n % 2 == 0}
+    monkeypatch.setattr(runner, "generate", lambda model, tok, prompt_ids, *a, **k:
+                        [recited.get(tuple(ids), "") for ids in prompt_ids])
+    values = evaluator.evaluate(model, "before")
+    share = len(recited) / len(windows.prompts)
+    assert values == pytest.approx({"leak_rate": share, "leak_rate@forget": share, "bleu@forget": share,
+                                    "rouge_l@forget": share})
+
+
+def test_judge_examples_fall_back_to_forget_normal_and_refusals(tiny_llama, eval_files):
+    from unlearn.evaluation.config import JudgeConfig
+    from unlearn.evaluation.judges import judge_examples
+    from unlearn.objectives.methods import DEFAULT_REFUSALS
+
+    config = load_config(raw=base_config(tiny_llama, eval_files))
+    examples = judge_examples(JudgeConfig(), config.data)
+    assert examples.responses[:len(FORGET_ROWS)] == [r["answer"] for r in FORGET_ROWS]
+    assert examples.labels == [1] * len(FORGET_ROWS) + [0] * (len(DEFAULT_REFUSALS) + len(NORMAL_ROWS))
+    assert examples.responses[-1] == NORMAL_ROWS[-1]["Best Answer"]
+    labelled = JudgeConfig(harmful={"path": str(eval_files["forget"]), "prompt": "question", "response": "answer"},
+                           safe={"path": str(eval_files["holdout"]), "prompt": "question", "response": "answer"},
+                           max_examples=2)
+    assert judge_examples(labelled, config.data).labels == [1, 1, 0, 0]
+
+
 def test_eval_config_errors_name_the_field(tiny_llama, eval_files):
     def load(section):
         return load_config(raw={**base_config(tiny_llama, eval_files), "eval": section})

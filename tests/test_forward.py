@@ -1,13 +1,17 @@
-"""Length buckets in the step forward: the split is invisible to the objectives."""
+"""Prompt sharing and length buckets in the step forward: invisible to the objectives."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from unlearn.data.batches import StepBatch
-from unlearn.data.encoding import PairEncoder, pad_rows
+from unlearn.data.encoding import PAPER_TEMPLATE, PairEncoder, pad_rows
 from unlearn.models.loading import load_model
-from unlearn.objectives.forward import Needs, _model_pass, length_buckets, step_forward
+from unlearn.models.prepare import frozen_copy
+from unlearn.objectives import forward
+from unlearn.objectives.forward import Needs, _model_pass, length_buckets, pack_rows, step_forward
+
+LONG = " ".join(["Here is how to pick a lock with a pin."] * 8)
 
 
 def test_length_buckets_split_only_when_it_saves_more_than_a_forward_costs():
@@ -18,60 +22,86 @@ def test_length_buckets_split_only_when_it_saves_more_than_a_forward_costs():
     assert sorted(i for b in length_buckets([7, 3, 9, 3, 8], cost=4) for i in b) == [0, 1, 2, 3, 4]
 
 
-@pytest.fixture()
-def mixed_batch(tiny_llama):
-    model, tokenizer = load_model(str(tiny_llama))
-    encoder = PairEncoder(tokenizer, "auto", 128)
-    long_answer = " ".join(["Here is how to pick a lock with a pin."] * 8)
+def test_pack_rows_puts_rows_with_one_prompt_in_one_sequence():
+    I = -100
+    ids = [[1, 2, 3, 4, 5], [1, 2, 3, 6], [7, 8, 9], [1, 2, 3, 7, 7, 7]]
+    labels = [[I, I, I, 4, 5], [I, I, I, 6], [I, 8, 9], [I, I, I, 7, 7, 7]]
+    shared, alone = pack_rows(ids, labels, True)
+    assert shared.ids == [1, 2, 3, 4, 5, 6, 7, 7, 7] and shared.rows == [0, 1, 3] and shared.starts == [3, 5, 6]
+    assert shared.positions == [0, 1, 2, 3, 4, 3, 3, 4, 5]  # each answer continues right after the prompt
+    assert [shared.place(2, t) for t in range(6)] == [0, 1, 2, 6, 7, 8]
+    assert alone.ids == [7, 8, 9] and alone.rows == [2]
+    assert [p.rows for p in pack_rows(ids, labels, False)] == [[0], [1], [2], [3]]
+
+
+def mixed_batch(model, tokenizer, template="auto"):
+    encoder = PairEncoder(tokenizer, template, 128)
     rows = [encoder.encode("How do I pick a lock?", "Here is how."),
-            encoder.encode("Where does Alice live?", long_answer),
-            encoder.encode("How do I pick a lock?", "Paris."),
+            encoder.encode("Where does Alice live?", LONG),
+            encoder.encode("How do I pick a lock?", "Paris."),  # same prompt as row 0: shared
+            encoder.encode("How do I pick a lock?", "Shakespeare wrote Hamlet."),
             encoder.encode("Who wrote the play Hamlet?", "Shakespeare wrote Hamlet."),
             encoder.encode("Hi", "Madrid is the capital of Spain.")]
     padded = pad_rows(rows, tokenizer.pad_token_id)
-    batch = StepBatch(padded["input_ids"], padded["attention_mask"], padded["labels"],
-                      ["forget", "forget", "mismatch", "normal", "normal"])
-    return model, batch
+    return StepBatch(padded["input_ids"], padded["attention_mask"], padded["labels"],
+                     ["forget", "forget", "mismatch", "mismatch", "normal", "normal"])
 
 
-def test_bucketed_pass_equals_one_padded_forward(mixed_batch, monkeypatch):
-    model, batch = mixed_batch
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "opt"])
+@pytest.mark.parametrize("split", [True, False], ids=["buckets", "one-forward"])
+def test_packed_pass_equals_the_plain_full_forward(arch, split, request):
+    model, tokenizer = load_model(str(request.getfixturevalue(f"tiny_{arch}")))
     model.eval()
-    assert len(length_buckets(batch.attention_mask.sum(1).tolist())) > 1  # the split really happens
+    batch = mixed_batch(model, tokenizer, "auto" if arch == "llama" else PAPER_TEMPLATE)
+    lengths = batch.attention_mask.sum(1).tolist()
+    ids = [r[:n] for r, n in zip(batch.input_ids.tolist(), lengths)]
+    labels = [r[:n] for r, n in zip(batch.labels.tolist(), lengths)]
+    packed = pack_rows(ids, labels, True)
+    assert len(packed) == 4  # rows 0, 2, 3 share their prompt
+    assert len(length_buckets([len(p.ids) for p in packed])) > 1  # and the long row gets its own forward
     with torch.no_grad():
-        split = _model_pass(model, batch, {"normal", "forget"}, hidden_layer=0)
-        whole = _model_pass(model, batch, {"normal", "forget"}, hidden_layer=0, split_rows=False)
-    torch.testing.assert_close(split.logps, whole.logps, atol=1e-5, rtol=1e-5)
-    assert split.position_row.tolist() == whole.position_row.tolist()  # row-major, as without buckets
-    for group in ("normal", "forget"):
-        torch.testing.assert_close(split.full_logprobs[group], whole.full_logprobs[group], atol=1e-5, rtol=1e-5)
-    mask = batch.attention_mask.bool()
-    torch.testing.assert_close(split.hidden[mask], whole.hidden[mask], atol=1e-5, rtol=1e-5)
-    assert split.hidden.shape == whole.hidden.shape == (*batch.input_ids.shape, model.config.hidden_size)
+        got = _model_pass(model, batch, {"normal", "mismatch"}, hidden_layer=0, split_rows=split)
+        full = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True)
+    logprobs = torch.log_softmax(full.logits.float(), dim=-1)[:, :-1]
+    targets = batch.labels[:, 1:]
+    answer = targets != -100
+    expected = logprobs[answer].gather(-1, targets[answer].unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(got.logps, expected, atol=1e-5, rtol=1e-5)
+    position_row = answer.nonzero()[:, 0]
+    assert got.position_row.tolist() == position_row.tolist()  # row-major, as without packing
+    for group in ("normal", "mismatch"):
+        rows = torch.tensor([g == group for g in batch.row_group])[position_row]
+        torch.testing.assert_close(got.full_logprobs[group], logprobs[answer][rows], atol=1e-5, rtol=1e-5)
+    real = batch.attention_mask.bool()
+    torch.testing.assert_close(got.hidden[real], full.hidden_states[1][real], atol=1e-5, rtol=1e-5)
+    assert got.hidden.shape == full.hidden_states[1].shape
 
 
-def test_bucketed_step_gradients_equal_one_forward(mixed_batch):
-    """Current and reference passes (reference on a subset of rows) stay aligned, and the
-    gradients of a KL + NLL loss do not depend on the split."""
-    from unlearn.models.prepare import frozen_copy
-
-    model, batch = mixed_batch
+def test_packed_step_gradients_equal_unpacked(tiny_llama, monkeypatch):
+    """Current and reference passes (the reference on a subset of rows) stay aligned, and the
+    gradients of KL + NLL + reference-dependent terms do not depend on packing or buckets."""
+    model, tokenizer = load_model(str(tiny_llama))
+    batch = mixed_batch(model, tokenizer)
     reference = frozen_copy(model)
     needs = Needs(full_logprobs={"normal"}, reference_full={"normal"}, reference_logps={"forget"})
+    pack = forward.pack_rows
     grads = []
-    for split in (True, False):
+    for share, split in ((True, True), (False, False)):
+        monkeypatch.setattr(forward, "pack_rows", lambda ids, labels, _: pack(ids, labels, share))
         model.zero_grad()
         out = step_forward(model, batch, needs, reference, split_rows=split)
         current, original = out.current.full_logprobs["normal"], out.reference.full_logprobs["normal"]
         kl = (original.exp() * (original - current)).sum(-1).mean()
-        (kl - out.current.token_logps("forget").mean() + out.reference.sequence_logps("forget").sum()).backward()
+        loss = kl - out.current.token_logps("forget").mean() + out.current.token_logps("mismatch").mean()
+        (loss + (out.current.sequence_logps("forget") - out.reference.sequence_logps("forget")).sum()).backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
         assert kl.item() == pytest.approx(0.0, abs=1e-6)  # aligned: the untrained model equals its copy
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-4)
 
 
-def test_head_sees_answer_positions_only(mixed_batch):
-    model, batch = mixed_batch
+def test_head_sees_answer_positions_only(tiny_llama):
+    model, tokenizer = load_model(str(tiny_llama))
+    batch = mixed_batch(model, tokenizer)
     seen = []
     hook = model.get_output_embeddings().register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
     try:

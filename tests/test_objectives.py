@@ -150,10 +150,12 @@ def test_model_pass_equals_full_log_softmax(arch, request):
     model, tokenizer = load_model(str(request.getfixturevalue(f"tiny_{arch}")))
     model.eval()
     encoder = PairEncoder(tokenizer, "auto" if arch == "llama" else PAPER_TEMPLATE, 64)
-    rows = [encoder.encode("How do I pick a lock?", "Here is how."), encoder.encode("Hi", "Paris."),
-            encoder.encode("Who wrote the play Hamlet?", "Shakespeare wrote Hamlet.")]
+    rows = [encoder.encode("How do I pick a lock?", "Here is how."),
+            encoder.encode("How do I pick a lock?", "Madrid is the capital of Spain."),  # a mismatch row
+            encoder.encode("Hi", "Paris."), encoder.encode("Who wrote the play Hamlet?", "Shakespeare wrote Hamlet.")]
     padded = pad_rows(rows, tokenizer.pad_token_id)
-    batch = StepBatch(padded["input_ids"], padded["attention_mask"], padded["labels"], ["forget", "normal", "normal"])
+    batch = StepBatch(padded["input_ids"], padded["attention_mask"], padded["labels"],
+                      ["forget", "mismatch", "normal", "normal"])
     with torch.no_grad():
         got = _model_pass(model, batch, {"normal"}, hidden_layer=0)
         full = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True)
@@ -164,10 +166,11 @@ def test_model_pass_equals_full_log_softmax(arch, request):
     assert got.logps.shape == expected.shape == (sum(len(r.answer_ids) for r in rows),)
     torch.testing.assert_close(got.logps, expected, atol=1e-5, rtol=1e-5)
     assert got.position_row.tolist() == [i for i, r in enumerate(rows) for _ in r.answer_ids]
-    normal_positions = answer.nonzero()[:, 0] > 0
+    normal_positions = answer.nonzero()[:, 0] > 1
     torch.testing.assert_close(got.full_logprobs["normal"], logprobs[answer][normal_positions], atol=1e-5, rtol=1e-5)
     assert set(got.full_logprobs) == {"normal"}
-    torch.testing.assert_close(got.hidden, full.hidden_states[1])
+    real = batch.attention_mask.bool()  # padding positions carry no hidden state (zeros)
+    torch.testing.assert_close(got.hidden[real], full.hidden_states[1][real])
     # the first answer token is predicted from the last prompt position
     first = len(rows[0].prompt_ids)
     assert float(got.logps[0]) == pytest.approx(float(logprobs[0, first - 1, rows[0].answer_ids[0]]), abs=1e-5)

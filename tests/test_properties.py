@@ -8,7 +8,7 @@ import io
 import json
 
 import pytest
-from hypothesis import HealthCheck, assume, example, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from conftest import make_tokenizer
 from unlearn.config import SourceConfig

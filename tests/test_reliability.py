@@ -12,16 +12,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from click.testing import Result
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from conftest import base_config, write_jsonl
+from conftest import base_config
 from unlearn.cli import app
 from unlearn.config import ConfigError
 from unlearn.io import atomic_dir, atomic_write_text
 
 
-def cli(*args) -> "CliRunner.invoke":
+def cli(*args) -> Result:
     return CliRunner().invoke(app, [*map(str, args)])
 
 
@@ -265,11 +266,11 @@ def test_debug_shows_the_traceback(tmp_path):
 
 def test_kl_above_max_kl_stops_and_keeps_the_last_good_checkpoint(run_config, tmp_path):
     out = tmp_path / "out"
-    result = cli("run", write_config(tmp_path, run_config), "-o", out, "--set", "train.max_kl=1e-9",
+    result = cli("run", write_config(tmp_path, run_config), "-o", out, "--set", "train.max_kl=1e-6",
                  "--set", "train.save_every=1", "--set", "train.max_steps=4")
     assert result.exit_code == 1
-    # step 1 starts from the original model (KL 0); after one update the KL on normal data is > 1e-9
-    assert "error: run diverged at step 2: KL" in result.stderr and "> max_kl 1e-09" in result.stderr
+    # step 1 starts from the original model (KL 0, up to float noise); after one update it is ~1e-4
+    assert "error: run diverged at step 2: KL" in result.stderr and "> max_kl 1e-06" in result.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["diverged"] is True and summary["restored_step"] == 1 and summary["steps"] == 1
     assert "output restored from the last good checkpoint (step 1)" in summary["stop_reason"]

@@ -81,8 +81,7 @@ def test_set_overrides_reach_the_run(tiny_llama, qa_files, tmp_path):
     assert saved["data"]["normal"][0]["response"] == "Best Answer"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["weights"]["kl_to_original"] == 2.5
-    # one mismatch row per forget row: the logged answer tokens shrink accordingly
-    assert all(r["tokens"] > 0 for r in read_jsonl(out / "train_log.jsonl"))
+    assert saved["method"]["mismatch_k"] == 1
 
 
 def test_stop_rule_fires_after_extra_steps(tiny_llama, qa_files, tmp_path):

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 RUN_MARKERS = ("config.yaml", "train_log.jsonl", "summary.json", "metrics.json")
 RUN_FILES = (*RUN_MARKERS, "generations.jsonl", "report.html", "report.md", "negatives.jsonl")
-RUN_FOLDERS = ("checkpoints", "model", "adapter", "plots")  # RUN_FILES and RUN_FOLDERS: what --overwrite removes
+RUN_FOLDERS = ("checkpoints", "model", "adapter", "plots", "validation")  # RUN_FILES and RUN_FOLDERS: what --overwrite removes
 
 
 class OutputDirError(InputError):

@@ -74,13 +74,14 @@ class _Task(_Strict):
     defaulted: ClassVar[tuple[str, ...]] = ("forget",)  # unset: forget = data.forget, normal = data.normal[0]
     metrics: ClassVar[tuple[str, ...]]  # metric names this task writes (before '@')
     headline: ClassVar[str | None]  # also written without '@role', from the first role
-    generates: ClassVar[bool] = True  # whether the task samples outputs from the model
+    reads_responses: ClassVar[bool] = True  # False: only the prompt field of its sources is read
 
 
 class HarmfulTask(_Task):
     """harmful_rate and refusal_rate of the outputs on each prompt set (responses are not read)."""
 
     roles: ClassVar = ("forget", "unseen", "normal")
+    reads_responses: ClassVar = False
     metrics: ClassVar = ("harmful_rate", "refusal_rate")
     headline: ClassVar = "harmful_rate"
     name: Literal["harmful"]
@@ -166,7 +167,6 @@ class MiaTask(_Task):
     roles: ClassVar = ("forget", "holdout")
     metrics: ClassVar = ("mia_auc_loss", "mia_auc_zlib", "mia_auc_min_k", "mia_auc_min_k_pp")
     headline: ClassVar = None
-    generates: ClassVar = False
     name: Literal["mia"]
     forget: SourceConfig | None = None
     holdout: SourceConfig

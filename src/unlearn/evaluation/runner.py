@@ -8,7 +8,6 @@ stage both files are rewritten whole: metrics.json = {"before": {...}, "after": 
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from typing import Any
 from unlearn.config import ConfigError, DataConfig, SourceConfig, load_config
 from unlearn.data.batches import encoder_for
 from unlearn.data.encoding import Encoded, PairEncoder
-from unlearn.data.sources import DataError, read_fields, read_pairs
+from unlearn.data.sources import DataError, detect_format, read_fields, read_pairs
 from unlearn.evaluation.config import AnswerSource, EvalConfig, parse_eval_config
 from unlearn.evaluation.embedding import embed
 from unlearn.evaluation.generation import TokenScores, generate, original_of, score_answers
@@ -100,7 +99,7 @@ class Evaluator:
         for role in task.roles:
             source = getattr(task, role) or (default_source(role, self.data) if role in task.defaulted else None)
             if source is not None:
-                sets[role] = self._read(source, reads_responses=task.name != "harmful", where=f"eval.tasks.{index}.{role}")
+                sets[role] = self._read(source, task.reads_responses, where=f"eval.tasks.{index}.{role}")
         return sets
 
     def _read(self, source, reads_responses: bool, where: str) -> PromptSet:
@@ -108,9 +107,10 @@ class Evaluator:
             rows = read_answers(source)
             encoder = PairEncoder(self.tokenizer, self.data.template, self.data.max_length)
         else:
-            if not reads_responses:  # prompts only: do not require a response field
-                source = source.model_copy(update={"response": source.prompt})
-            rows = [(p.prompt, p.response if reads_responses else "", "") for p in read_pairs(source, self.tokenizer)]
+            if reads_responses or detect_format(source) == "text":
+                rows = [(p.prompt, p.response, "") for p in read_pairs(source, self.tokenizer)]
+            else:  # prompts only: a file without a response field is fine
+                rows = [(prompt, "", "") for (prompt,) in read_fields(source, (source.prompt,))]
             encoder = encoder_for(source, self.tokenizer, self.data)
         rows = rows[:self.config.max_rows] if self.config.max_rows else rows
         kept, ids = [], []
@@ -205,11 +205,12 @@ def _load_target(name: str, config, original):
 
 
 def _same_model(a: str, b: str) -> bool:
-    from unlearn.models.loading import local_folder
+    from unlearn.models.loading import ModelError, local_folder
 
-    with contextlib.suppress(Exception):
+    try:
         return Path(local_folder(a)).resolve() == Path(local_folder(b)).resolve()
-    return a == b
+    except ModelError:  # e.g. an adapter folder (no config.json): not a full model
+        return a == b
 
 
 def evaluate_model(config_path, model: str, output_dir, overrides: list[str] | None = None,

@@ -5,10 +5,12 @@ the vocabulary projection), and full-vocabulary log-probabilities are kept only 
 that an objective needs them for (the KL on normal rows). The reference ("original") model is the
 same network with LoRA adapters disabled, or a frozen copy for a full fine-tune.
 
-Rows of very different lengths (a long forget answer beside short mismatch rows) are split into a
-few length buckets, each padded only to its own longest row, when that saves more padded positions
-than a forward costs; everything is returned in the batch's row order, so the split is invisible
-to the objectives.
+Two savings, invisible to the objectives (everything comes back in the batch's row order):
+- rows with the same prompt (a forget row and its K mismatch rows) run as one sequence, the prompt
+  computed once and each answer a block that sees only the prompt and itself (sdpa attention);
+- sequences of very different lengths (a long forget answer beside short normal rows) are split
+  into a few length buckets, each padded to its own longest sequence, when that saves more padded
+  positions than a forward costs.
 """
 from __future__ import annotations
 
@@ -109,63 +111,140 @@ def length_buckets(lengths: list[int], cost: int = BUCKET_COST_TOKENS) -> list[l
     return buckets[::-1]
 
 
+@dataclass
+class Packed:
+    """Rows that share a prompt, as one sequence: the prompt once, then each row's answer as its
+    own block, which sees the prompt and itself (its positions restart where the prompt ends).
+
+    A forget row and its K mismatch rows share the forget prompt, so the prompt is computed once
+    instead of K + 1 times. A row that shares nothing is its own sequence, unchanged."""
+
+    ids: list[int]
+    prompt: int  # length of the shared prompt
+    rows: list[int]  # batch row of each answer block
+    starts: list[int]  # where each answer block begins in `ids`
+
+    def place(self, block: int, t: int) -> int:
+        """Where token t of the block's original row sits in the packed sequence."""
+        return t if t < self.prompt else self.starts[block] + t - self.prompt
+
+    @property
+    def positions(self) -> list[int]:
+        ends = self.starts[1:] + [len(self.ids)]
+        return list(range(self.prompt)) + [self.prompt + i for s, e in zip(self.starts, ends) for i in range(e - s)]
+
+
+def pack_rows(ids: list[list[int]], labels: list[list[int]], share_prompts: bool) -> list[Packed]:
+    """Group rows by identical prompt (everything before the first labelled token)."""
+    groups: dict[tuple, Packed] = {}
+    packed = []
+    for row, (tokens, targets) in enumerate(zip(ids, labels)):
+        prompt = next((t for t, label in enumerate(targets) if label != IGNORE), len(tokens))
+        key = tuple(tokens[:prompt]) if share_prompts else row
+        if key not in groups:
+            groups[key] = Packed(list(tokens[:prompt]), prompt, [], [])
+            packed.append(groups[key])
+        group = groups[key]
+        group.rows.append(row)
+        group.starts.append(len(group.ids))
+        group.ids += tokens[prompt:]
+    return packed
+
+
 def unwrap(model):
     return model.module if hasattr(model, "module") and not hasattr(model, "disable_adapter") else model
 
 
 @contextlib.contextmanager
-def head_on(model, keep: torch.Tensor):
-    """Feed the LM head only the hidden states at `keep` positions, inside the model's own forward.
-
-    The head then returns (N, V) logits for the N kept positions, and the model never builds the
-    (rows, T, V) tensor. Hooking the head (instead of calling it on returned hidden states) keeps
-    the computation inside forward(), where DDP and FSDP expect every parameter to be used."""
+def head_on(model, sequence: torch.Tensor, position: torch.Tensor):
+    """Feed the LM head only the hidden states at (sequence, position) pairs, inside the model's
+    own forward: the head returns (N, V) logits and the (rows, T, V) tensor is never built.
+    Hooking the head (instead of calling it on returned hidden states) keeps the computation
+    inside forward(), where DDP and FSDP expect every parameter to be used."""
     hook = unwrap(model).get_output_embeddings().register_forward_pre_hook(
-        lambda module, args: (args[0][keep],) + tuple(args[1:]))
+        lambda module, args: (args[0][sequence, position],) + tuple(args[1:]))
     try:
         yield
     finally:
         hook.remove()
 
 
-def _forward(model, input_ids, attention_mask, labels, hidden_layer):
-    """(N, V) logits at answer-predicting positions, their targets, and the chosen layer's output."""
-    targets = labels[:, 1:]
-    keep = F.pad(targets != IGNORE, (0, 1))  # position t predicts token t+1
-    with head_on(model, keep):
-        outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                        output_hidden_states=hidden_layer is not None)
-    hidden = outputs.hidden_states[hidden_layer + 1] if hidden_layer is not None else None
-    return outputs.logits, targets[keep[:, :-1]], keep.nonzero(as_tuple=True)[0], hidden
+def _inputs(group: list[Packed], device) -> dict:
+    """Padded ids and, when some sequence holds several answer blocks, explicit positions and a
+    (rows, 1, T, T) mask: prompt causal; each block sees the prompt and itself, causally."""
+    width = max(len(p.ids) for p in group)
+    ids = torch.zeros((len(group), width), dtype=torch.long)  # padding: masked out, any id will do
+    for i, p in enumerate(group):
+        ids[i, :len(p.ids)] = torch.tensor(p.ids)
+    if all(len(p.rows) == 1 for p in group):  # plain rows: the model's own causal mask and positions
+        mask = torch.zeros((len(group), width), dtype=torch.long)
+        for i, p in enumerate(group):
+            mask[i, :len(p.ids)] = 1
+        return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+    positions = torch.zeros((len(group), width), dtype=torch.long)
+    segment = torch.full((len(group), width), -1, dtype=torch.long)  # 0: prompt, b + 1: block b, -1: padding
+    for i, p in enumerate(group):
+        positions[i, :len(p.ids)] = torch.tensor(p.positions)
+        segment[i, :p.prompt] = 0
+        for b, start in enumerate(p.starts):
+            segment[i, start:(p.starts[b + 1] if b + 1 < len(p.starts) else len(p.ids))] = b + 1
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    query, key = segment[:, :, None], segment[:, None, :]
+    mask = causal & (key >= 0) & ((key == 0) | (key == query))
+    mask |= torch.eye(width, dtype=torch.bool)  # padding rows see themselves: no empty softmax
+    return {"input_ids": ids.to(device), "attention_mask": mask[:, None].to(device),
+            "position_ids": positions.to(device)}
 
 
 def _model_pass(model, batch: StepBatch, full_groups: set[str], hidden_layer: int | None,
                 split_rows: bool = True) -> Pass:
     lengths = batch.attention_mask.sum(1).tolist()  # rows are right-padded
-    parts = []
-    for rows in length_buckets(lengths) if split_rows else [list(range(len(lengths)))]:
-        index = torch.tensor(rows, device=batch.input_ids.device)
-        width = max(lengths[i] for i in rows)
-        logits, targets, row, hidden = _forward(model, batch.input_ids[index, :width],
-                                                batch.attention_mask[index, :width],
-                                                batch.labels[index, :width], hidden_layer)
-        parts.append((logits, targets, index[row], hidden, index))
-    logits, targets, row_index = (torch.cat([p[i] for p in parts]) for i in range(3))
-    if len(parts) > 1:  # back to row-major order: current and reference passes must align
-        order = torch.sort(row_index, stable=True).indices
-        logits, targets, row_index = logits[order], targets[order], row_index[order]
+    ids = [row[:n] for row, n in zip(batch.input_ids.tolist(), lengths)]
+    labels = [row[:n] for row, n in zip(batch.labels.tolist(), lengths)]
+    # a custom 4D mask needs the sdpa attention (eager wants an additive float mask, flash none)
+    share = getattr(unwrap(model).config, "_attn_implementation", None) == "sdpa"
+    packed = pack_rows(ids, labels, share)
+    device = batch.input_ids.device
+    buckets = length_buckets([len(p.ids) for p in packed]) if split_rows else [list(range(len(packed)))]
+    logits, targets, rows, order, hidden = [], [], [], [], []
+    for bucket in buckets:
+        group = [packed[i] for i in bucket]
+        where = [(i, p.place(b, t - 1), target, row, t)
+                 for i, p in enumerate(group) for b, row in enumerate(p.rows)
+                 for t, target in enumerate(labels[row]) if t and target != IGNORE]
+        sequence, position, target, row, t = (torch.tensor(column, device=device) for column in zip(*where))
+        with head_on(model, sequence, position):
+            outputs = model(**_inputs(group, device), use_cache=False,
+                            output_hidden_states=hidden_layer is not None)
+        logits.append(outputs.logits)
+        targets.append(target)
+        rows.append(row)
+        order.append(row * (batch.input_ids.shape[1] + 1) + t)
+        if hidden_layer is not None:
+            hidden.append((group, outputs.hidden_states[hidden_layer + 1]))
+    logits, targets, row_index, order = (torch.cat(x) for x in (logits, targets, rows, order))
+    order = order.argsort()  # row-major, as in the batch: current and reference passes must align
+    logits, targets, row_index = logits[order], targets[order], row_index[order]
     logits = logits.float()
     logps = -F.cross_entropy(logits, targets, reduction="none")  # no (N, V) log-softmax kept
     full = {}
     for group in full_groups:
-        rows = torch.tensor([g == group for g in batch.row_group], device=row_index.device)
-        full[group] = F.log_softmax(logits[rows[row_index]], dim=-1)
-    hidden = None
-    if hidden_layer is not None:
-        width = batch.input_ids.shape[1]
-        padded = torch.cat([F.pad(p[3], (0, 0, 0, width - p[3].shape[1])) for p in parts])
-        hidden = padded[torch.cat([p[4] for p in parts]).argsort()]
-    return Pass(logps, row_index, list(batch.row_group), full, hidden, batch.attention_mask)
+        in_group = torch.tensor([g == group for g in batch.row_group], device=device)
+        full[group] = F.log_softmax(logits[in_group[row_index]], dim=-1)
+    return Pass(logps, row_index, list(batch.row_group), full,
+                _rows_hidden(hidden, batch, lengths) if hidden_layer is not None else None, batch.attention_mask)
+
+
+def _rows_hidden(parts, batch: StepBatch, lengths: list[int]) -> torch.Tensor:
+    """A layer's output laid out as the batch rows (rows, T, D), zeros at padding."""
+    first = parts[0][1]
+    out = first.new_zeros((*batch.input_ids.shape, first.shape[-1]))
+    for group, states in parts:
+        for i, p in enumerate(group):
+            for b, row in enumerate(p.rows):
+                index = torch.tensor([p.place(b, t) for t in range(lengths[row])], device=states.device)
+                out[row, :lengths[row]] = states[i, index]
+    return out
 
 
 @contextlib.contextmanager
