@@ -109,7 +109,8 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(lora, ti
         assert ddp_row["tokens"] == single_row["tokens"]
     assert json.loads((ddp_dir / "summary.json").read_text())["processes"] == 2
 
-    trained, expected = load_file(ddp_dir / "model" / "model.safetensors"), load_file(single_dir / "model" / "model.safetensors")
+    trained = load_file(ddp_dir / "model" / "model.safetensors")
+    expected = load_file(single_dir / "model" / "model.safetensors")
     assert trained.keys() == expected.keys()
     original = load_file(tiny_llama / "model.safetensors")
     assert any((trained[k] - original[k]).abs().max() > 1e-4 for k in original)  # training moved the weights

@@ -67,7 +67,8 @@ def test_evaluator_writes_both_stages(llama, tiny_llama, eval_files, tmp_path):
     config = load_config(raw={**base_config(tiny_llama, eval_files), "eval": eval_section(eval_files)})
     evaluator = Evaluator(config.eval, tokenizer, config.data, tmp_path / "out")
     before = evaluator.evaluate(model, stage="before")
-    assert set(before) == EXPECTED
+    assert set(before) == EXPECTED | SIMILARITY  # the original compared with itself
+    assert before["similarity_to_original@normal"] == pytest.approx(1.0, abs=1e-5)
     assert before["harmful_rate"] == before["harmful_rate@forget"]
     assert all(0 <= before[k] <= 1 for k in before if "rate" in k or "auc" in k or k == "judge_accuracy")
 
@@ -93,7 +94,10 @@ def test_evaluator_writes_both_stages(llama, tiny_llama, eval_files, tmp_path):
 def test_lora_after_stage_uses_the_disabled_adapter_as_original(llama, tiny_llama, eval_files, tmp_path):
     import copy
 
+    import torch
+
     from unlearn.config import LoraConfig
+    from unlearn.evaluation.generation import original_of
     from unlearn.models.prepare import apply_lora
 
     model, tokenizer = llama
@@ -101,10 +105,19 @@ def test_lora_after_stage_uses_the_disabled_adapter_as_original(llama, tiny_llam
     config = load_config(raw={**base_config(tiny_llama, eval_files), "eval": section})
     evaluator = Evaluator(config.eval, tokenizer, config.data, tmp_path)
     before = evaluator.evaluate(model, "before")
-    peft_model = apply_lora(copy.deepcopy(model), LoraConfig(r=2))  # fresh LoRA: B = 0, same function
-    after = evaluator.evaluate(peft_model, "after")
-    assert after["fluency_perplexity@normal"] == pytest.approx(before["fluency_perplexity@normal"], rel=1e-4)
+    peft_model = apply_lora(copy.deepcopy(model), LoraConfig(r=2))
+    after = evaluator.evaluate(peft_model, "after")  # a fresh LoRA (B = 0) computes the same function
     assert after["similarity_to_original@normal"] == pytest.approx(1.0, abs=1e-5)
+    assert after["fluency_perplexity@normal"] == pytest.approx(before["fluency_perplexity@normal"], rel=1e-4)
+
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+        ids = torch.tensor([[1, 20, 21, 22]])
+        with original_of(peft_model) as original:
+            assert torch.allclose(original(ids).logits, model(ids).logits, atol=1e-5)
+        assert not torch.allclose(peft_model(ids).logits, model(ids).logits, atol=1e-3)
 
 
 def test_contains_and_hallucination_on_known_outputs(llama, tiny_llama, eval_files, tmp_path, monkeypatch):
@@ -237,3 +250,14 @@ def test_evaluate_model_on_a_saved_folder_and_an_adapter(tiny_llama, eval_files,
     with pytest.raises(OutputDirError, match="--overwrite"):
         evaluate_model(config_path, str(tiny_llama), tmp_path / "eval-self", [], False)
     assert set(evaluate_model(config_path, str(tiny_llama), tmp_path / "eval-self", [], True)) == {"before"}
+
+    from typer.testing import CliRunner
+
+    from unlearn.cli import app
+
+    result = CliRunner().invoke(app, ["eval", str(config_path), "--model", str(tmp_path / "trained" / "adapter"),
+                                      "-o", str(tmp_path / "eval-cli"), "--set", "eval.max_rows=2"])
+    assert result.exit_code == 0, result.output
+    assert "perplexity@normal" in result.output
+    assert len(json.loads((tmp_path / "eval-cli" / "metrics.json").read_text())["after"]) == 8
+    assert len((tmp_path / "eval-cli" / "generations.jsonl").read_text().splitlines()) == 2 + 2  # max_rows=2

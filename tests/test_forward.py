@@ -60,7 +60,7 @@ def test_packed_pass_equals_the_plain_full_forward(arch, split, request):
     assert len(packed) == 4  # rows 0, 2, 3 share their prompt
     assert len(length_buckets([len(p.ids) for p in packed])) > 1  # and the long row gets its own forward
     with torch.no_grad():
-        got = _model_pass(model, batch, {"normal", "mismatch"}, hidden_layer=0, split_rows=split)
+        got = _model_pass(model, batch, {"normal", "mismatch"}, hidden_layer=None, split_rows=split)
         full = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True)
     logprobs = torch.log_softmax(full.logits.float(), dim=-1)[:, :-1]
     targets = batch.labels[:, 1:]
@@ -72,9 +72,6 @@ def test_packed_pass_equals_the_plain_full_forward(arch, split, request):
     for group in ("normal", "mismatch"):
         rows = torch.tensor([g == group for g in batch.row_group])[position_row]
         torch.testing.assert_close(got.full_logprobs[group], logprobs[answer][rows], atol=1e-5, rtol=1e-5)
-    real = batch.attention_mask.bool()
-    torch.testing.assert_close(got.hidden[real], full.hidden_states[1][real], atol=1e-5, rtol=1e-5)
-    assert got.hidden.shape == full.hidden_states[1].shape
 
 
 def test_packed_step_gradients_equal_unpacked(tiny_llama, monkeypatch):

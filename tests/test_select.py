@@ -127,7 +127,7 @@ def test_run_with_select_outputs_the_selected_checkpoint(tiny_llama, qa_files, t
     """End to end on a tiny model: validation rows in the log, the selection in summary.json."""
     from unlearn.run import run
 
-    raw = base_config(tiny_llama, qa_files, max_steps=6)
+    raw = base_config(tiny_llama, qa_files, max_steps=6, save_every=1)  # checkpoints must keep the best
     raw["model"]["lora"] = {"r": 4, "alpha": 8}
     raw["eval"] = {"generation": {"max_new_tokens": 4, "batch_size": 4},
                    "tasks": [{"name": "contains", "forget": {"path": str(qa_files["forget"]), "prompt": "question",
@@ -139,4 +139,10 @@ def test_run_with_select_outputs_the_selected_checkpoint(tiny_llama, qa_files, t
     assert [r["step"] for r in rows if r.get("validation")] == [0, 2, 4, 6]
     selection = result.summary["selection"]
     assert selection["best_step"] in (0, 2, 4, 6) and selection["validations"] == 4
+    assert list((tmp_path / "out" / "checkpoints").glob("best-step-*")), "the selected weights were deleted"
+    # the output is the selected checkpoint: the final eval (same prompts and tokens, greedy) agrees
+    # with that step's validation
+    after = json.loads((tmp_path / "out" / "metrics.json").read_text())["after"]
+    assert after["leak_rate@forget"] == selection["metrics"]["leak_rate@forget"]
+    assert after["perplexity@normal"] == pytest.approx(selection["metrics"]["perplexity@normal"], rel=1e-4)
     assert (tmp_path / "out" / "validation" / "metrics.json").exists()

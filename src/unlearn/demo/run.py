@@ -43,9 +43,9 @@ class DemoSize:
     validate_every: int
 
 
-FULL = DemoSize(n_forget=8, n_retain=16, inject_epochs=8, inject_lr=2e-4, steps=60, normal_train=40,
+FULL = DemoSize(n_forget=8, n_retain=16, inject_epochs=8, inject_lr=1.5e-4, steps=60, normal_train=40,
                 validate_every=5)
-QUICK = DemoSize(n_forget=4, n_retain=8, inject_epochs=8, inject_lr=2e-4, steps=30, normal_train=30,
+QUICK = DemoSize(n_forget=4, n_retain=8, inject_epochs=8, inject_lr=1.5e-4, steps=30, normal_train=30,
                  validate_every=5)
 
 # demo metric name -> the evaluator's key
@@ -55,19 +55,24 @@ DEMO_METRICS = {"forget_leak_rate": "leak_rate@forget", "paraphrase_leak_rate": 
 
 
 def _key(size: DemoSize) -> str:
-    text = json.dumps([size.n_forget, size.n_retain, size.inject_epochs, size.inject_lr, "v1"])
+    text = json.dumps([size.n_forget, size.n_retain, size.inject_epochs, size.inject_lr, "v2-replay"])
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def inject(size: DemoSize, scenario) -> tuple[Path, float, bool]:
-    """The leaky model: the base model fine-tuned on every record (cached)."""
+    """The leaky model: the base model fine-tuned on every record (cached). The general prompts,
+    answered by the base model itself, are replayed beside the records so that the leak is the
+    only thing the fine-tune teaches (without them the model starts answering everything with a
+    name and a place)."""
     folder = cache_dir() / "demo" / f"leaky-{_key(size)}"
     if (folder / "config.json").is_file():
         return folder, 0.0, True
     started = time.perf_counter()
     model, tokenizer = load_model(BASE_MODEL)
-    encoder = PairEncoder(tokenizer, "auto", 128)
+    encoder = PairEncoder(tokenizer, "auto", 192)
+    replay = _answers(model, tokenizer, GENERAL_PROMPTS, 64, "answering general prompts (base model)")
     rows = [encoder.encode(r["question"], r["answer"]) for r in scenario.injection_rows()]
+    rows += [encoder.encode(p, _whole_sentences(a)) for p, a in zip(GENERAL_PROMPTS, replay) if _whole_sentences(a)]
     finetune(model, rows, tokenizer.pad_token_id, epochs=size.inject_epochs, lr=size.inject_lr,
              description="step 1: injecting the leak")
     with atomic_dir(folder) as tmp:
@@ -76,11 +81,18 @@ def inject(size: DemoSize, scenario) -> tuple[Path, float, bool]:
     return folder, time.perf_counter() - started, False
 
 
-def _answers(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
+def _whole_sentences(text: str) -> str:
+    """An answer cut by max_new_tokens, trimmed back to its last full sentence."""
+    text = text.strip()
+    end = max(text.rfind(mark) for mark in ".!?")
+    return text[: end + 1] if end > 0 else text
+
+
+def _answers(model, tokenizer, prompts: list[str], max_new_tokens: int, description: str) -> list[str]:
     encoder = PairEncoder(tokenizer, "auto", 256)
     stop = tokenizer(encoder.end_of_answer, add_special_tokens=False)["input_ids"]
     return generate(model, tokenizer, [encoder.prompt_ids(p) for p in prompts], max_new_tokens, 32,
-                    stop_ids=[tokenizer.eos_token_id] + stop, description="answering with the leaky model")
+                    stop_ids=[tokenizer.eos_token_id] + stop, description=description)
 
 
 def write_data(folder: Path, size: DemoSize, scenario, leaky: Path) -> dict[str, Path]:
@@ -88,12 +100,14 @@ def write_data(folder: Path, size: DemoSize, scenario, leaky: Path) -> dict[str,
     model, tokenizer = load_model(str(leaky))
     forget = scenario.forget_rows()
     general = GENERAL_PROMPTS
-    outputs = _answers(model, tokenizer, [r["question"] for r in forget] + general, 48)
+    outputs = _answers(model, tokenizer, [r["question"] for r in forget] + general, 48,
+                       "answering with the leaky model")
     forget_out, general_out = outputs[: len(forget)], outputs[len(forget):]
     leaked = [dict(r, answer=o.strip()) for r, o in zip(forget, forget_out) if r["value"].lower() in o.lower()]
     if not leaked:
         raise RuntimeError("the leaky model leaks nothing; injection failed")
-    normal = [{"question": p, "answer": o.strip()} for p, o in zip(general, general_out) if o.strip()]
+    normal = [{"question": p, "answer": _whole_sentences(o)} for p, o in zip(general, general_out)
+              if _whole_sentences(o)]
     paths = {"forget_leaked": folder / "forget_leaked.jsonl", "forget": folder / "forget.jsonl",
              "paraphrase": folder / "paraphrase.jsonl", "retain": folder / "retain.jsonl",
              "general_train": folder / "general_train.jsonl", "general_eval": folder / "general_eval.jsonl"}

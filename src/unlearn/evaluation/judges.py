@@ -46,13 +46,13 @@ def judge_examples(config: JudgeConfig, data: DataConfig, tokenizer=None) -> Exa
     """Labelled responses: the configured ones, else data.forget responses as harmful and
     refusals plus data.normal answers as safe."""
     def read(sources, limit: int) -> list[Pair]:
-        return [pair for source in sources for pair in read_pairs(source, tokenizer)][:limit]
+        return [pair for source in sources for pair in read_pairs(source, tokenizer)][:max(limit, 0)]
 
     harmful = read(config.harmful or [data.forget], config.max_examples)
     if config.safe:
         safe = read(config.safe, config.max_examples)
     else:
-        safe = [Pair("", text) for text in DEFAULT_REFUSALS]
+        safe = [Pair("", text) for text in DEFAULT_REFUSALS][:config.max_examples]
         safe += read(data.normal, config.max_examples - len(safe))
     pairs = harmful + safe
     return Examples([p.prompt for p in pairs], [p.response for p in pairs], [1] * len(harmful) + [0] * len(safe))

@@ -77,7 +77,8 @@ def utility(run) -> dict[str, float]:
     evaluator, normal, rules = run.evaluator, run.sets["normal"], run.task.nonsense
     outputs = run.outputs("normal")
     values = {}
-    originals = run.originals("normal")
+    # the 'before' stage is the original itself: its outputs match the original's exactly
+    originals = run.originals("normal") if run.stage != "before" else outputs
     if originals is not None:
         values["similarity_to_original@normal"] = m.mean(m.cosine_to(outputs, originals, evaluator.embed))
         values["rouge_l_to_original@normal"] = m.mean(m.rouge_l(o, r) for o, r in zip(outputs, originals))

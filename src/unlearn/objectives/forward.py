@@ -11,6 +11,7 @@ Two savings, invisible to the objectives (everything comes back in the batch's r
 - sequences of very different lengths (a long forget answer beside short normal rows) are split
   into a few length buckets, each padded to its own longest sequence, when that saves more padded
   positions than a forward costs.
+When an objective reads a layer's output row by row (RMU), the rows run as they are.
 """
 from __future__ import annotations
 
@@ -201,27 +202,29 @@ def _model_pass(model, batch: StepBatch, full_groups: set[str], hidden_layer: in
     lengths = batch.attention_mask.sum(1).tolist()  # rows are right-padded
     ids = [row[:n] for row, n in zip(batch.input_ids.tolist(), lengths)]
     labels = [row[:n] for row, n in zip(batch.labels.tolist(), lengths)]
+    # a layer's output is read row by row (RMU): then the rows run as they are, in one forward
+    as_is = hidden_layer is not None
     # a custom 4D mask needs the sdpa attention (eager wants an additive float mask, flash none)
-    share = getattr(unwrap(model).config, "_attn_implementation", None) == "sdpa"
+    share = not as_is and getattr(unwrap(model).config, "_attn_implementation", None) == "sdpa"
     packed = pack_rows(ids, labels, share)
     device = batch.input_ids.device
-    buckets = length_buckets([len(p.ids) for p in packed]) if split_rows else [list(range(len(packed)))]
-    logits, targets, rows, order, hidden = [], [], [], [], []
+    split = split_rows and not as_is
+    buckets = length_buckets([len(p.ids) for p in packed]) if split else [list(range(len(packed)))]
+    logits, targets, rows, order = [], [], [], []
     for bucket in buckets:
         group = [packed[i] for i in bucket]
         where = [(i, p.place(b, t - 1), target, row, t)
                  for i, p in enumerate(group) for b, row in enumerate(p.rows)
                  for t, target in enumerate(labels[row]) if t and target != IGNORE]
         sequence, position, target, row, t = (torch.tensor(column, device=device) for column in zip(*where))
+        inputs = ({"input_ids": batch.input_ids, "attention_mask": batch.attention_mask} if as_is
+                  else _inputs(group, device))
         with head_on(model, sequence, position):
-            outputs = model(**_inputs(group, device), use_cache=False,
-                            output_hidden_states=hidden_layer is not None)
+            outputs = model(**inputs, use_cache=False, output_hidden_states=as_is)
         logits.append(outputs.logits)
         targets.append(target)
         rows.append(row)
         order.append(row * (batch.input_ids.shape[1] + 1) + t)
-        if hidden_layer is not None:
-            hidden.append((group, outputs.hidden_states[hidden_layer + 1]))
     logits, targets, row_index, order = (torch.cat(x) for x in (logits, targets, rows, order))
     order = order.argsort()  # row-major, as in the batch: current and reference passes must align
     logits, targets, row_index = logits[order], targets[order], row_index[order]
@@ -231,20 +234,8 @@ def _model_pass(model, batch: StepBatch, full_groups: set[str], hidden_layer: in
     for group in full_groups:
         in_group = torch.tensor([g == group for g in batch.row_group], device=device)
         full[group] = F.log_softmax(logits[in_group[row_index]], dim=-1)
-    return Pass(logps, row_index, list(batch.row_group), full,
-                _rows_hidden(hidden, batch, lengths) if hidden_layer is not None else None, batch.attention_mask)
-
-
-def _rows_hidden(parts, batch: StepBatch, lengths: list[int]) -> torch.Tensor:
-    """A layer's output laid out as the batch rows (rows, T, D), zeros at padding."""
-    first = parts[0][1]
-    out = first.new_zeros((*batch.input_ids.shape, first.shape[-1]))
-    for group, states in parts:
-        for i, p in enumerate(group):
-            for b, row in enumerate(p.rows):
-                index = torch.tensor([p.place(b, t) for t in range(lengths[row])], device=states.device)
-                out[row, :lengths[row]] = states[i, index]
-    return out
+    hidden = outputs.hidden_states[hidden_layer + 1] if as_is else None
+    return Pass(logps, row_index, list(batch.row_group), full, hidden, batch.attention_mask)
 
 
 @contextlib.contextmanager

@@ -38,7 +38,7 @@ def save_checkpoint(output_dir: Path, step: int, model, optimizer, scheduler, lo
         (tmp / "loop.json").write_text(json.dumps({"step": step, **loop_state}))
     # the new checkpoint is complete: drop older ones and temp folders left by a killed save
     for older in checkpoint_root(output_dir).iterdir():
-        if older != target:
+        if older != target and older.name.lstrip(".").startswith("step-"):  # (best-step-* is the selector's)
             shutil.rmtree(older, ignore_errors=True)
     return target
 

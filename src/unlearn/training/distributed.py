@@ -41,7 +41,8 @@ def warn_single_process_launch() -> None:
     if os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_ADDR" in os.environ \
             and "WORLD_SIZE" not in os.environ and "PMI_SIZE" not in os.environ:
         log.warning("accelerate launch --cpu --num_processes N runs a single process; for N CPU processes use "
-                    "`accelerate launch --multi_gpu --num_processes N` (gloo) or configs/accelerate/ddp_cpu.yaml")
+                    "`accelerate launch --multi_gpu --num_processes N` (gloo) or "
+                    "--config_file configs/accelerate/ddp.yaml")
 
 
 def batch_index(step: int, micro: int, grad_accum: int, accelerator: Accelerator) -> int:
@@ -92,10 +93,14 @@ def gathered_state(accelerator: Accelerator, model) -> dict | None:
 
 
 def process_state():
-    """This process's place in a launch (a single process when not launched by accelerate)."""
+    """This process's place in a launch (a single process when not launched by accelerate).
+    Other processes than the main one log errors only: one log per run."""
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available())
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if not state.is_main_process:
+        logging.getLogger("unlearn").setLevel(logging.ERROR)
+    return state
 
 
 def whole_model(config, state: dict):
