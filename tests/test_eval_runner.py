@@ -50,7 +50,7 @@ EXPECTED = {"harmful_rate", "harmful_rate@forget", "harmful_rate@unseen", "harmf
             "leak_rate", "leak_rate@forget", "bleu@forget", "rouge_l@forget",
             "hallucination_rate", "hallucination_rate@forget",
             "diversity@normal", "fluency_perplexity@normal", "nonsense_rate@normal", "perplexity@normal",
-            "mia_auc_loss", "mia_auc_zlib", "mia_auc_min_k", "mia_auc_min_k_pp"}
+            "mia_auc_loss", "mia_auc_zlib", "mia_auc_min_k", "mia_auc_min_k_pp", "answer_nll@forget", "answer_nll@holdout"}
 SIMILARITY = {"similarity_to_original", "similarity_to_original@normal", "rouge_l_to_original@normal",
               "bleu_to_original@normal"}
 

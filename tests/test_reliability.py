@@ -318,3 +318,20 @@ def test_atomic_dir_appears_whole_or_not_at_all(tmp_path):
             raise RuntimeError("killed mid-save")
     assert (tmp_path / "model" / "weights").read_text() == "v1"
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    import os
+    import stat
+
+    from unlearn.io import atomic_dir, atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "report.html", "x")
+        with atomic_dir(tmp_path / "plots") as folder:
+            (folder / "a.png").write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "plots").stat().st_mode) == 0o755

@@ -165,7 +165,7 @@ class MiaTask(_Task):
     and min-k%++ scores of the answers. 0.5: the forget rows look as unseen as the holdout rows."""
 
     roles: ClassVar = ("forget", "holdout")
-    metrics: ClassVar = ("mia_auc_loss", "mia_auc_zlib", "mia_auc_min_k", "mia_auc_min_k_pp")
+    metrics: ClassVar = ("mia_auc_loss", "mia_auc_zlib", "mia_auc_min_k", "mia_auc_min_k_pp", "answer_nll")
     headline: ClassVar = None
     name: Literal["mia"]
     forget: SourceConfig | None = None

@@ -112,4 +112,6 @@ def mia(run) -> dict[str, float]:
         by_role = {role: [score(s, text, run.task.k) for s, text in zip(scored[role], run.sets[role].references)]
                    for role in scored}
         values[f"mia_auc_{name}"] = auc(by_role["forget"], by_role["holdout"])
+    for role, scores in scored.items():  # the answers' mean token NLL: how far unlearning pushed them
+        values[f"answer_nll@{role}"] = m.mean(s.nll for s in scores)
     return values
