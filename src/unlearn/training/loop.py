@@ -60,13 +60,20 @@ def _log_row(step: int, outputs, losses: dict[str, torch.Tensor], total: torch.T
     return row
 
 
+def adamw(params, config: TrainConfig) -> torch.optim.AdamW:
+    try:  # the fused kernel (CUDA; CPU since torch 2.4): a full fine-tune's optimizer step ~3x faster
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
+    except RuntimeError:
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
 def train(model, data: UnlearnData, method: ResolvedMethod, config: TrainConfig, output_dir: Path,
           *, reference_model=None, hooks: list[StepHook] = (), resume: bool = False,
           accelerator: Accelerator | None = None) -> TrainResult:
     accelerator = accelerator or make_accelerator(config.mixed_precision)
     torch.manual_seed(config.seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = adamw(params, config)
     # the scheduler is stepped by hand once per optimizer step (accelerate would step it once per process)
     scheduler = get_linear_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
