@@ -106,16 +106,21 @@ def metric_bars(rows: list[MetricRow], stages: list[str]) -> Plot | None:
         return _render(figure, "metrics", title)
 
 
+def _step_panels(count: int, row_height: float):
+    """A full-width figure of up to three panels a row sharing the step axis (call inside STYLE)."""
+    nrows, ncols = _grid(count, 3)
+    figure = Figure(figsize=(FULL_WIDTH, row_height * nrows), layout="constrained")
+    figure.get_layout_engine().set(hspace=0.08)
+    return figure, figure.subplots(nrows, ncols, squeeze=False, sharex=True).ravel()
+
+
 def training_curves(rows: list[dict], marks: dict[str, int]) -> Plot | None:
     """Forget / mismatch / normal NLL and KL over steps, one panel each (their scales differ a lot)."""
     keys = [k for k in TRAINING_CURVES if any(_finite(r.get(k)) for r in rows)]
     if not keys:
         return None
-    nrows, ncols = _grid(len(keys), 3)
     with matplotlib.rc_context(STYLE):
-        figure = Figure(figsize=(FULL_WIDTH, 2.8 * nrows), layout="constrained")
-        figure.get_layout_engine().set(hspace=0.08)
-        axes = figure.subplots(nrows, ncols, squeeze=False, sharex=True).ravel()
+        figure, axes = _step_panels(len(keys), 2.8)
         for ax, key, colour in zip(axes, keys, SERIES):
             _line(ax, *_series(rows, key), colour, 1.6)
             _mark_steps(ax, marks)
@@ -161,11 +166,8 @@ def validation_trajectory(rows: list[dict], selected: int | None) -> Plot | None
     panels = {title: members for title, members in panels.items() if members}
     if not panels:
         return None
-    nrows, ncols = _grid(len(panels), 3)
     with matplotlib.rc_context(STYLE):
-        figure = Figure(figsize=(FULL_WIDTH, 3.0 * nrows), layout="constrained")
-        figure.get_layout_engine().set(hspace=0.08)
-        axes = figure.subplots(nrows, ncols, squeeze=False, sharex=True).ravel()
+        figure, axes = _step_panels(len(panels), 3.0)
         colours = iter(SERIES * 4)
         for ax, (title, members) in zip(axes, panels.items()):
             for name in members:
