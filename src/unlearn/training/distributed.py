@@ -18,6 +18,7 @@ import os
 
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,9 @@ SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 def make_accelerator(mixed_precision: str) -> Accelerator:
     warn_single_process_launch()
+    # accelerate keeps one state per process and refuses a second precision: runs in one Python
+    # process (the demo after a bf16 run, a test session) each set their own; the process group stays
+    AcceleratorState._reset_state(reset_partial_state=False)
     # no buffer broadcast at each forward: LM buffers (rotary tables) are identical on every process,
     # and processes may run different numbers of forwards per step (length buckets differ)
     ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
