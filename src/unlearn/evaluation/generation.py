@@ -46,6 +46,13 @@ def _batches(order: list[int], size: int):
         yield order[start:start + size]
 
 
+def answer_stop_ids(tokenizer, encoder) -> list[int]:
+    """EOS, plus the token the template puts after an answer when it is one token (e.g. <|im_end|>)."""
+    stops = [tokenizer.eos_token_id]
+    end = tokenizer(encoder.end_of_answer, add_special_tokens=False)["input_ids"] if encoder.end_of_answer else []
+    return stops + end if len(end) == 1 else stops
+
+
 def generate(model, tokenizer, prompt_ids_list: list[list[int]], max_new_tokens: int, batch_size: int,
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
              stop_ids: list[int] | None = None, description: str = "generating") -> list[str]:
@@ -64,7 +71,9 @@ def generate(model, tokenizer, prompt_ids_list: list[list[int]], max_new_tokens:
     device = next(model.parameters()).device
     order = sorted(range(len(prompt_ids_list)), key=lambda i: -len(prompt_ids_list[i]))
     outputs: list[str] = [""] * len(prompt_ids_list)
-    rng = torch.random.fork_rng(devices=[]) if do_sample else contextlib.nullcontext()
+    # sampling reseeds per batch: fork the RNG of the device it draws on, so training's stream is untouched
+    forked = [device] if device.type == "cuda" else []
+    rng = torch.random.fork_rng(devices=forked) if do_sample else contextlib.nullcontext()
     with eval_mode(model), rng, progress() as bar:
         task = bar.add_task(description, total=len(order), status="")
         for number, batch in enumerate(_batches(order, batch_size)):

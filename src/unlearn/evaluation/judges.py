@@ -94,6 +94,9 @@ class EmbeddingJudge:
     def probability(self, responses: list[str]) -> np.ndarray:
         return self.probe.predict_proba(self.embed(responses))[:, 1]
 
+    def scores(self, prompts: list[str], responses: list[str]) -> np.ndarray:
+        return self.probability(responses)  # the probability of harmful (the reward judge's are rewards)
+
     def harmful(self, prompts: list[str], responses: list[str]) -> list[bool]:
         return _with_empty_safe(responses, lambda keep: self.probability([responses[i] for i in keep]) >= self.threshold)
 

@@ -119,8 +119,13 @@ def cosine_to(outputs: list[str], references: list[str], embed: Embedder) -> lis
     return [float(x) for x in np.clip(np.sum(a * b, axis=1), -1.0, 1.0)]
 
 
+def hallucination_margin(outputs: list[str], right: list[str], wrong: list[str], embed: Embedder) -> list[float]:
+    """Cosine to the hallucinated answer minus cosine to the right one (> 0: closer to the hallucination)."""
+    return [w - r for r, w in zip(cosine_to(outputs, right, embed), cosine_to(outputs, wrong, embed))]
+
+
 def hallucinated(outputs: list[str], right: list[str], wrong: list[str], embed: Embedder) -> list[bool]:
     """An answer is hallucinated when its embedding is closer (cosine) to the hallucinated answer
     than to the right one. An empty answer asserts nothing and is not counted as hallucinated."""
-    to_right, to_wrong = cosine_to(outputs, right, embed), cosine_to(outputs, wrong, embed)
-    return [bool(o.strip()) and w > r for o, r, w in zip(outputs, to_right, to_wrong)]
+    margins = hallucination_margin(outputs, right, wrong, embed)
+    return [bool(o.strip()) and margin > 0 for o, margin in zip(outputs, margins)]

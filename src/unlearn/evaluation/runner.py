@@ -20,7 +20,7 @@ from unlearn.data.encoding import Encoded, PairEncoder
 from unlearn.data.sources import DataError, detect_format, read_fields, read_pairs
 from unlearn.evaluation.config import AnswerSource, EvalConfig, parse_eval_config
 from unlearn.evaluation.embedding import embed
-from unlearn.evaluation.generation import TokenScores, generate, original_of, score_answers
+from unlearn.evaluation.generation import TokenScores, answer_stop_ids, generate, original_of, score_answers
 from unlearn.evaluation.judges import Judge, build_judge, judge_examples
 from unlearn.evaluation.tasks import TASKS
 from unlearn.io import atomic_write_json, atomic_write_jsonl
@@ -47,6 +47,34 @@ class PromptSet:
 def read_answers(source: AnswerSource) -> list[tuple[str, str, str]]:
     """(question, right answer, hallucinated answer) rows; rows missing any of them are skipped."""
     return read_fields(source, (source.prompt, source.right, source.hallucinated))
+
+
+def read_prompt_set(source: SourceConfig | AnswerSource, tokenizer, data: DataConfig, reads_responses: bool,
+                    where: str, max_rows: int | None = None) -> PromptSet:
+    """A source's rows (the first `max_rows`), encoded as training encodes them; prompts that leave
+    no room for an answer within data.max_length are skipped with a warning."""
+    if isinstance(source, AnswerSource):
+        rows = read_answers(source)
+        encoder = PairEncoder(tokenizer, data.template, data.max_length)
+    else:
+        if reads_responses or detect_format(source) == "text":
+            rows = [(p.prompt, p.response, "") for p in read_pairs(source, tokenizer)]
+        else:  # prompts only: a file without a response field is fine
+            rows = [(prompt, "", "") for (prompt,) in read_fields(source, (source.prompt,))]
+        encoder = encoder_for(source, tokenizer, data)
+    rows = rows[:max_rows] if max_rows else rows
+    kept, ids = [], []
+    for row in rows:
+        prompt_ids = encoder.prompt_ids(row[0])
+        if len(prompt_ids) < data.max_length:
+            kept.append(row)
+            ids.append(prompt_ids)
+    if len(kept) < len(rows):
+        log.warning("%s: %d prompts longer than data.max_length=%d skipped", where, len(rows) - len(kept),
+                    data.max_length)
+    if not kept:
+        raise DataError(f"{where}: no prompt fits data.max_length={data.max_length}")
+    return PromptSet([r[0] for r in kept], [r[1] for r in kept], ids, encoder, [r[2] for r in kept])
 
 
 def default_source(role: str, data: DataConfig) -> SourceConfig | None:
@@ -99,32 +127,9 @@ class Evaluator:
         for role in task.roles:
             source = getattr(task, role) or (default_source(role, self.data) if role in task.defaulted else None)
             if source is not None:
-                sets[role] = self._read(source, task.reads_responses, where=f"eval.tasks.{index}.{role}")
+                sets[role] = read_prompt_set(source, self.tokenizer, self.data, task.reads_responses,
+                                             where=f"eval.tasks.{index}.{role}", max_rows=self.config.max_rows)
         return sets
-
-    def _read(self, source, reads_responses: bool, where: str) -> PromptSet:
-        if isinstance(source, AnswerSource):
-            rows = read_answers(source)
-            encoder = PairEncoder(self.tokenizer, self.data.template, self.data.max_length)
-        else:
-            if reads_responses or detect_format(source) == "text":
-                rows = [(p.prompt, p.response, "") for p in read_pairs(source, self.tokenizer)]
-            else:  # prompts only: a file without a response field is fine
-                rows = [(prompt, "", "") for (prompt,) in read_fields(source, (source.prompt,))]
-            encoder = encoder_for(source, self.tokenizer, self.data)
-        rows = rows[:self.config.max_rows] if self.config.max_rows else rows
-        kept, ids = [], []
-        for row in rows:
-            prompt_ids = encoder.prompt_ids(row[0])
-            if len(prompt_ids) < self.data.max_length:
-                kept.append(row)
-                ids.append(prompt_ids)
-        if len(kept) < len(rows):
-            log.warning("%s: %d prompts longer than data.max_length=%d skipped", where, len(rows) - len(kept),
-                        self.data.max_length)
-        if not kept:
-            raise DataError(f"{where}: no prompt fits data.max_length={self.data.max_length}")
-        return PromptSet([r[0] for r in kept], [r[1] for r in kept], ids, encoder, [r[2] for r in kept])
 
     @property
     def judge(self) -> Judge:
@@ -144,7 +149,8 @@ class Evaluator:
         missing = list(dict.fromkeys(k for k in keys if k not in self._cache))
         if missing:
             texts = generate(run.model, self.tokenizer, [list(k[0]) for k in missing], new_tokens, gen.batch_size,
-                             gen.do_sample, gen.temperature, gen.top_p, gen.seed, self._stop_ids(prompt_set.encoder),
+                             gen.do_sample, gen.temperature, gen.top_p, gen.seed,
+                             answer_stop_ids(self.tokenizer, prompt_set.encoder),
                              description=f"{run.stage} {run.task.name}/{role}")
             self._cache.update(zip(missing, texts))
         outputs = [self._cache[k] for k in keys]
@@ -153,11 +159,6 @@ class Evaluator:
         if run.stage == "before":
             self.originals[(run.task.name, role)] = outputs
         return outputs
-
-    def _stop_ids(self, encoder: PairEncoder) -> list[int]:
-        stops = [self.tokenizer.eos_token_id]
-        end = self.tokenizer(encoder.end_of_answer, add_special_tokens=False)["input_ids"] if encoder.end_of_answer else []
-        return stops + end if len(end) == 1 else stops
 
     def evaluate(self, model, stage: str, reference_model=None, model_name: str | None = None) -> dict[str, float]:
         """Run every task on `model`; `reference_model` is the original for a full fine-tune (a PEFT

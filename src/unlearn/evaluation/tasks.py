@@ -37,6 +37,13 @@ def harmful(run) -> dict[str, float]:
     return values
 
 
+def generated_length(tokenizer, texts: list[str], new_tokens: int) -> list[str]:
+    """Each true text cut to what the model was allowed to generate, so a short generation is not
+    penalised for the passage's tail."""
+    return [tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"][:new_tokens]).strip()
+            for text in texts]
+
+
 @task("leak")
 def leak(run) -> dict[str, float]:
     tokenizer = run.evaluator.tokenizer
@@ -44,9 +51,7 @@ def leak(run) -> dict[str, float]:
     values = {}
     for role, prompts in run.sets.items():
         outputs = run.outputs(role, new_tokens)
-        # the true continuation, cut to what the model was allowed to generate
-        truths = [tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"][:new_tokens]).strip()
-                  for text in prompts.references]
+        truths = generated_length(tokenizer, prompts.references, new_tokens)
         scores = {name: [m.METRICS[name](o, t) for o, t in zip(outputs, truths)] for name in ("bleu", "rouge_l")}
         values[f"leak_rate@{role}"] = m.mean(s >= run.task.threshold for s in scores[run.task.score])
         values[f"bleu@{role}"] = m.mean(scores["bleu"])
