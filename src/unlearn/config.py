@@ -54,11 +54,42 @@ class SourceConfig(_Strict):
     skip: int = Field(0, ge=0)
     window_tokens: int = Field(128, gt=1)
     prompt_tokens: int = Field(32, gt=0)
+    # self (data.forget only): the forget answers are the model's own, sampled and judged (data.onpolicy)
+    source: Literal["dataset", "self"] = "dataset"
 
     @model_validator(mode="after")
     def _window(self):
         if self.prompt_tokens >= self.window_tokens:
             raise ValueError("prompt_tokens must be smaller than window_tokens")
+        return self
+
+
+class OnPolicyConfig(_Strict):
+    """How on-policy negatives are made (data.forget.source: self); see docs/onpolicy.md.
+
+    judge: harmful (the eval.judge settings), leak (the answer contains or overlaps the protected
+    text), hallucination (the answer is closer to the hallucinated answer than to the right one).
+    reference: the forget file's field the judge compares with - leak: the protected text (default:
+    the response field); hallucination: the right answer (required; the response field holds the
+    hallucinated one)."""
+
+    judge: Literal["harmful", "leak", "hallucination"] = "harmful"
+    samples: int = Field(4, gt=0)  # answers sampled per forget prompt
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(64, gt=0)
+    batch_size: int = Field(16, gt=0)
+    seed: int = 0
+    every: int | None = Field(None, gt=0)  # re-sample on the current model every N steps (a round)
+    mix_dataset: bool = False  # also train on the forget file's own responses
+    reference: str | None = None
+    score: Literal["contains", "bleu", "rouge_l"] = "contains"  # leak: comparison with the protected text
+    threshold: float = Field(0.5, ge=0, le=1)  # leak: flagged when score >= threshold
+
+    @model_validator(mode="after")
+    def _reference(self):
+        if self.judge == "hallucination" and not self.reference:
+            raise ValueError("judge: hallucination needs reference: (the forget file's field with the right answer)")
         return self
 
 
@@ -69,11 +100,27 @@ class DataConfig(_Strict):
     mismatch_pool: list[SourceConfig] | None = None
     template: str = "auto"
     max_length: int = Field(256, gt=8)
+    onpolicy: OnPolicyConfig | None = None  # with data.forget.source: self (defaults when unset)
 
     @field_validator("normal", "mismatch_pool", mode="before")
     @classmethod
     def _one_or_many(cls, value):
         return [value] if isinstance(value, dict) else value
+
+    @field_validator("normal", "mismatch_pool")
+    @classmethod
+    def _files_only(cls, sources):
+        if any(source.source == "self" for source in sources or []):
+            raise ValueError("source: self is only for data.forget (the model's own answers to the forget prompts)")
+        return sources
+
+    @model_validator(mode="after")
+    def _onpolicy(self):
+        if self.forget.source == "self":
+            self.onpolicy = self.onpolicy or OnPolicyConfig()
+        elif self.onpolicy is not None:
+            raise ValueError("onpolicy: is used only with data.forget.source: self")
+        return self
 
     @field_validator("template")
     @classmethod

@@ -26,7 +26,7 @@ def preflight(config: RunConfig, output_dir: Path, *, resume: bool = False, over
         if not Path(source.path).expanduser().is_file():
             raise DataError(f"{source.path}: data file not found ({where}.path)")
         if detect_format(source) != "text":  # malformed lines, unknown fields, nothing left after filtering
-            read_fields(source, (source.prompt, source.response))
+            read_fields(source, _fields(config.data, source))
     if config.eval:
         from unlearn.evaluation.config import parse_eval_config
 
@@ -36,6 +36,14 @@ def preflight(config: RunConfig, output_dir: Path, *, resume: bool = False, over
     model_folder = _check_model(config)
     _check_output_dir(config, output_dir, model_folder, resume, overwrite)
     _check_disk(config, output_dir, model_folder)
+
+
+def _fields(data, source) -> tuple[str, ...]:
+    if source is data.forget and source.source == "self":  # the model writes the answers: maybe prompts only
+        from unlearn.training.onpolicy import forget_fields
+
+        return forget_fields(data)
+    return (source.prompt, source.response)
 
 
 def _data_files(node, where: str):

@@ -62,6 +62,9 @@ def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: li
         config = load_config(config, overrides)
     output_dir = Path(output_dir)
     state = process_state()  # under `accelerate launch`, only the main process writes files
+    if config.data.forget.source == "self" and state.num_processes > 1:
+        raise ConfigError("data.forget.source: self samples and judges on one process; run it without "
+                          "accelerate launch (or with --num_processes 1)")
     if state.is_main_process:
         prepare_output_dir(output_dir, resume, overwrite)
     state.wait_for_everyone()
@@ -101,6 +104,10 @@ def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: li
             model.enable_input_require_grads()
 
     hooks = []
+    if config.data.forget.source == "self":
+        from unlearn.training.onpolicy import OnPolicyNegatives
+
+        hooks.append(OnPolicyNegatives(config, tokenizer, data, output_dir))
     if config.select:
         hooks.append(_selector(config, tokenizer, output_dir, reference))
     tick = time.perf_counter()

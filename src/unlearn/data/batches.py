@@ -77,8 +77,6 @@ class UnlearnData:
     def __init__(self, forget: list[Encoded], normal: list[list[Encoded]], normal_weights: list[float],
                  pool_answers: list[list[int]], pad_id: int, max_length: int, seed: int,
                  batch_size: int, normal_batch_size: int, mismatch_k: int):
-        if not forget:
-            raise DataError("data.forget: no rows")
         if not any(normal):
             raise DataError("data.normal: no rows")
         self.forget, self.normal, self.pool_answers = forget, normal, pool_answers
@@ -104,7 +102,14 @@ class UnlearnData:
             picked.append(self._epoch_order(rows, epoch, salt)[offset])
         return picked
 
+    def set_forget(self, rows: list[Encoded]) -> None:
+        """Replace the forget rows (on-policy negatives). A step's rows stay a function of (seed, step)
+        and the current rows, so a resumed run that restores the same rows composes the same batches."""
+        self.forget = rows
+
     def forget_indices(self, step: int) -> list[int]:
+        if not self.forget:
+            raise DataError("data.forget: no rows")
         return self._cyclic(len(self.forget), step * self.batch_size, self.batch_size, salt=0)
 
     def step_batch(self, step: int) -> StepBatch:
@@ -136,8 +141,11 @@ class UnlearnData:
 
 def build_data(data: DataConfig, tokenizer, *, seed: int, batch_size: int, normal_batch_size: int,
                mismatch_k: int, mismatch_answers: list[str] | None = None) -> UnlearnData:
-    """Read and tokenise everything once. `mismatch_answers` replaces the pool (e.g. refusals)."""
-    _, forget = encode_source(data.forget, tokenizer, data)
+    """Read and tokenise everything once. `mismatch_answers` replaces the pool (e.g. refusals).
+    With data.forget.source: self the forget rows start empty (or as the file's own rows with
+    onpolicy.mix_dataset); training.onpolicy adds the model's own flagged answers."""
+    from_file = data.forget.source == "dataset" or data.onpolicy.mix_dataset
+    forget = encode_source(data.forget, tokenizer, data)[1] if from_file else []
     normal = [encode_source(source, tokenizer, data)[1] for source in data.normal]
     if mismatch_answers is not None:
         encoder = PairEncoder(tokenizer, data.template, data.max_length)

@@ -62,6 +62,7 @@ class Report:
     metrics: list[MetricRow] = field(default_factory=list)
     metric_stages: list[str] = field(default_factory=list)
     selection: str | None = None
+    onpolicy: list[list[str]] = field(default_factory=list)  # one row of ONPOLICY_COLUMNS per round
     plots: list[plots.Plot] = field(default_factory=list)
     examples: list[ExampleGroup] = field(default_factory=list)
     example_stages: list[str] = field(default_factory=list)
@@ -93,8 +94,9 @@ def load_report(output_dir: Path) -> Report:
     summary = _read_json(output_dir / "summary.json") or {}
     metrics = _read_json(output_dir / "metrics.json") or {}
     log_rows = [r for r in read_jsonl(output_dir / "train_log.jsonl") if isinstance(r, dict)]
-    train_rows = [r for r in log_rows if not r.get("validation")]
+    train_rows = [r for r in log_rows if not r.get("validation") and not r.get("kind")]
     validation_rows = [r for r in log_rows if r.get("validation")]
+    onpolicy_rows = [r for r in log_rows if r.get("kind") == "onpolicy"]
     generations = [r for r in read_jsonl(output_dir / "generations.jsonl") if isinstance(r, dict)]
 
     model = _get(config, "model", "name") or next((g["model"] for g in generations if g.get("model")), None)
@@ -113,6 +115,7 @@ def load_report(output_dir: Path) -> Report:
     if metrics:
         report.metrics = metric_rows(metrics)
         report.metric_stages = list(split_stages(metrics))
+    report.onpolicy = [_round_cells(r) for r in onpolicy_rows]
     report.examples, report.example_stages = _examples(generations)
     report.plots = [p for p in (plots.metric_bars(report.metrics, report.metric_stages),
                                 plots.training_curves(train_rows, marks),
@@ -181,6 +184,19 @@ def _settings(config: dict, summary: dict) -> list[tuple[str, str]]:
     if _get(config, "output", "save"):
         out.append(("saved as", str(_get(config, "output", "save"))))
     return out
+
+
+ONPOLICY_COLUMNS = ("round", "step", "sampled", "flagged", "flagged share", "negatives")
+ONPOLICY_NOTE = ("Each round samples the model's own answers to the forget prompts; the ones the judge flags are "
+                 "what training unlearns until the next round (all answers are in negatives.jsonl).")
+
+
+def _round_cells(row: dict) -> list[str]:
+    """An on-policy round of train_log.jsonl as table cells (see training/onpolicy.py)."""
+    share = row.get("flagged_share")
+    values = (row.get("round"), row.get("step"), row.get("samples"), row.get("flagged"),
+              f"{share:.2f}" if isinstance(share, (int, float)) else None, row.get("negatives"))
+    return ["" if v is None else str(v) for v in values]
 
 
 def _examples(generations: list[dict]) -> tuple[list[ExampleGroup], list[str]]:

@@ -67,7 +67,7 @@ footer { color: var(--muted); font-size: 12.5px; text-align: center; }
 
 
 def render_html(report: Report) -> str:
-    sections = [_header(report), _metrics(report), _training(report), _validation(report),
+    sections = [_header(report), _metrics(report), _training(report), _onpolicy(report), _validation(report),
                 _examples(report), _config(report)]
     body = "\n".join(s for s in sections if s)
     return (f'<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -124,6 +124,18 @@ def _training(report: Report) -> str:
     if not figures and not timing:
         return ""
     return _section("Training", figures + (f'<p class="note">Time: {timing}</p>' if timing else ""))
+
+
+def _onpolicy(report: Report) -> str:
+    if not report.onpolicy:
+        return ""
+    from unlearn.report.build import ONPOLICY_COLUMNS, ONPOLICY_NOTE
+
+    head = "".join(f'<th class="num">{escape(c)}</th>' for c in ONPOLICY_COLUMNS)
+    rows = "".join("<tr>" + "".join(f'<td class="num">{escape(c)}</td>' for c in cells) + "</tr>"
+                   for cells in report.onpolicy)
+    return _section("On-policy negatives", f'<table class="metrics"><thead><tr>{head}</tr></thead>'
+                                           f'<tbody>{rows}</tbody></table><p class="note">{escape(ONPOLICY_NOTE)}</p>')
 
 
 def _validation(report: Report) -> str:

@@ -36,6 +36,12 @@ def render_markdown(report: Report, plots_dir: str) -> str:
         if report.timing:
             out += ["Time: " + " · ".join(f"{phase} {value}" for phase, value in report.timing), ""]
 
+    if report.onpolicy:
+        from unlearn.report.build import ONPOLICY_COLUMNS, ONPOLICY_NOTE
+
+        out += ["## On-policy negatives", "", ONPOLICY_NOTE, ""]
+        out += table(list(ONPOLICY_COLUMNS), report.onpolicy, numeric_from=0) + [""]
+
     validation = image(report, "validation", plots_dir)
     if validation:
         out += ["## Validation", ""] + validation + ([cell(report.selection), ""] if report.selection else [])

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 class StepHook(Protocol):
     """Runs after each optimizer step (e.g. validation-driven selection)."""
 
-    def before_training(self, model) -> None: ...
+    def before_training(self, model) -> str | None: ...  # a stop reason (nothing to train on), or None
     def after_step(self, step: int, model, row: dict) -> str | None: ...  # a stop reason, or None
     def finish(self, model) -> None: ...  # e.g. load the selected weights
     def summary(self) -> dict: ...  # merged into summary.json
@@ -95,14 +95,14 @@ def train(model, data: UnlearnData, method: ResolvedMethod, config: TrainConfig,
     elif accelerator.is_main_process and log_path.exists():
         log_path.unlink()
 
-    for hook in hooks:
-        hook.before_training(model)
+    reasons = [hook.before_training(model) for hook in hooks]
     model.train()
-    stop_reason, diverged, started = "max_steps", False, time.perf_counter()
+    stop_reason, diverged, started = next((r for r in reasons if r), "max_steps"), False, time.perf_counter()
+    last_step = config.max_steps if stop_reason == "max_steps" else start  # a hook may stop before any step
     history: list[dict] = []
     with progress(accelerator.is_main_process) as bar:
         task = bar.add_task("unlearning", total=config.max_steps, completed=start, status="")
-        for step in range(start + 1, config.max_steps + 1):
+        for step in range(start + 1, last_step + 1):
             tick = time.perf_counter()
             rows, tokens = [], 0
             for micro in range(config.grad_accum):
