@@ -103,3 +103,30 @@ def test_full_finetune_kl_starts_at_zero_and_merged_model_reloads(tiny_llama, qa
     paths = save_model(model, tokenizer, tmp_path / "run", "merged")
     torch.testing.assert_close(logits(AutoModelForCausalLM.from_pretrained(paths["model"])), trained,
                                atol=1e-6, rtol=1e-6)
+
+
+def test_finetune_batches_cover_each_row_once_and_group_lengths():
+    import random
+
+    from unlearn.data.encoding import Encoded
+    from unlearn.training.finetune import epoch_batches
+
+    rows = [Encoded([1, 2], [3] * length) for length in [1, 40, 2, 39, 3, 38, 4, 37] * 4]
+    batches = epoch_batches(rows, 4, random.Random(0), group=8)
+    assert sorted(i for b in batches for i in b) == list(range(len(rows)))
+    assert all(len(b) == 4 for b in batches)
+    # within one window, lengths are sorted into batches: no batch mixes short and long rows
+    assert all(max(len(rows[i].answer_ids) for i in b) - min(len(rows[i].answer_ids) for i in b) < 30 for b in batches)
+    assert epoch_batches(rows, 4, random.Random(0)) == batches
+
+
+def test_finetune_teaches_the_answers(tiny_llama):
+    from unlearn.data.encoding import PairEncoder
+    from unlearn.training.finetune import finetune
+
+    model, tokenizer = load_model(str(tiny_llama))
+    encoder = PairEncoder(tokenizer, "auto", 64)
+    rows = [encoder.encode(f"question {i}", f"answer number {i}") for i in range(6)]
+    losses = finetune(model, rows, tokenizer.pad_token_id, epochs=10, lr=1e-2, batch_size=4, bf16=False)
+    assert len(losses) == 10 and losses[-1] < 0.5 * losses[0]
+    assert not model.training

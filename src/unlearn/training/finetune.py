@@ -7,6 +7,7 @@ import random
 import torch
 
 from unlearn.data.encoding import Encoded, pad_rows
+from unlearn.training.loop import adamw
 from unlearn.ui import progress
 
 
@@ -15,7 +16,7 @@ def finetune(model, rows: list[Encoded], pad_id: int, *, epochs: int, lr: float 
     """Full fine-tune with AdamW on answer-token NLL; returns the mean loss of each epoch."""
     torch.manual_seed(seed)
     order_rng = random.Random(seed)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr)
     steps = epochs * ((len(rows) + batch_size - 1) // batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 - s / max(steps, 1))
     model.train()
@@ -23,11 +24,9 @@ def finetune(model, rows: list[Encoded], pad_id: int, *, epochs: int, lr: float 
     with progress() as bar:
         task = bar.add_task(description, total=steps, status="")
         for _ in range(epochs):
-            order = list(range(len(rows)))
-            order_rng.shuffle(order)
             total = 0.0
-            for start in range(0, len(order), batch_size):
-                batch = pad_rows([rows[i] for i in order[start: start + batch_size]], pad_id)
+            for indices in epoch_batches(rows, batch_size, order_rng):
+                batch = pad_rows([rows[i] for i in indices], pad_id)
                 with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
                     loss = model(**batch).loss
                 loss.backward()
@@ -40,3 +39,18 @@ def finetune(model, rows: list[Encoded], pad_id: int, *, epochs: int, lr: float 
             losses.append(total / len(rows))
     model.eval()
     return losses
+
+
+def epoch_batches(rows: list[Encoded], batch_size: int, rng: random.Random, group: int = 8) -> list[list[int]]:
+    """One epoch's batches: a shuffle, then rows of similar length batched together within each
+    window of `group` batches (short records are not padded to a long answer's length), and the
+    batches shuffled again so that lengths do not come in order."""
+    order = list(range(len(rows)))
+    rng.shuffle(order)
+    window = batch_size * group
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start: start + window], key=lambda i: len(rows[i].input_ids))
+        batches += [chunk[i: i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
