@@ -198,3 +198,29 @@ def test_terminal_table():
     console.print(metrics_table({"harmful_rate": 0.1}))  # a flat dict: one column
     text = console.export_text()
     assert "value" in text and "0.100" in text and "after" not in text and "change" not in text
+
+
+def test_validation_table_lists_rule_metrics_first_and_marks_the_selected_step(tmp_path):
+    from unlearn.report.build import _validation_table
+
+    rows = [{"step": s, "validation": True, "diversity@normal": 0.8, "leak_rate@forget": leak,
+             "recall@retain": recall, "score": -leak, "eligible": recall >= 0.9}
+            for s, leak, recall in ((0, 1.0, 1.0), (4, 0.5, 0.95), (8, 0.1, 0.8))]
+    select = {"score": "-leak_rate@forget", "constraint": "recall@retain >= before.recall@retain - 0.1"}
+    columns, cells = _validation_table(rows, select, selected=4)
+    assert columns == ["step", "leak_rate@forget", "recall@retain", "diversity@normal", "score", "eligible", ""]
+    assert cells[1] == ["4", "0.500", "0.950", "0.800", "−0.500", "yes", "◀ selected"]
+    assert cells[2][-2:] == ["no", ""] and cells[0][-1] == ""
+    assert _validation_table([], select, None) == ([], [])
+
+    folder = write_run(tmp_path / "run", steps=10)
+    log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+    log += [dict(r, step=r["step"] + 100) for r in rows]
+    (folder / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    build_report(folder)
+    page = (folder / "report.html").read_text()
+    section = page[page.index("Validation"):]
+    assert "leak_rate@forget" in section and "◀ selected" not in section  # selected step 30 is not in this log
+    # no select: section in this config: columns in the order the log names them
+    assert "| step | diversity@normal | leak_rate@forget | recall@retain | score | eligible |  |" in (
+        folder / "report.md").read_text()

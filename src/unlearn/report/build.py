@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -18,7 +19,7 @@ from unlearn.io import atomic_dir, atomic_write_text, read_jsonl
 from unlearn.report import plots
 from unlearn.report.html_page import render_html
 from unlearn.report.markdown_page import render_markdown
-from unlearn.report.metrics import MetricRow, metric_rows, metrics_table, split_stages
+from unlearn.report.metrics import MetricRow, fmt, metric_rows, metrics_table, split_stages
 
 __all__ = ["build_report", "metrics_table", "load_report"]
 
@@ -63,6 +64,8 @@ class Report:
     metric_stages: list[str] = field(default_factory=list)
     selection: str | None = None
     onpolicy: list[list[str]] = field(default_factory=list)  # one row of ONPOLICY_COLUMNS per round
+    validation_columns: list[str] = field(default_factory=list)
+    validation: list[list[str]] = field(default_factory=list)  # one row per validation, selected one marked
     plots: list[plots.Plot] = field(default_factory=list)
     examples: list[ExampleGroup] = field(default_factory=list)
     example_stages: list[str] = field(default_factory=list)
@@ -116,6 +119,7 @@ def load_report(output_dir: Path) -> Report:
         report.metrics = metric_rows(metrics)
         report.metric_stages = list(split_stages(metrics))
     report.onpolicy = [_round_cells(r) for r in onpolicy_rows]
+    report.validation_columns, report.validation = _validation_table(validation_rows, _get(config, "select"), selected)
     report.examples, report.example_stages = _examples(generations)
     report.plots = [p for p in (plots.metric_bars(report.metrics, report.metric_stages),
                                 plots.training_curves(train_rows, marks),
@@ -189,6 +193,25 @@ def _settings(config: dict, summary: dict) -> list[tuple[str, str]]:
 ONPOLICY_COLUMNS = ("round", "step", "sampled", "flagged", "flagged share", "negatives")
 ONPOLICY_NOTE = ("Each round samples the model's own answers to the forget prompts; the ones the judge flags are "
                  "what training unlearns until the next round (all answers are in negatives.jsonl).")
+
+
+def _validation_table(rows: list[dict], select: dict | None, selected: int | None,
+                      most: int = 6) -> tuple[list[str], list[list[str]]]:
+    """The validation trajectory as a table: the metrics the selection rules name first, then other
+    role-qualified metrics up to `most`; the score, eligibility, and the selected step marked."""
+    if not rows:
+        return [], []
+    rules = " ".join(str(v) for k, v in (select or {}).items() if k in ("score", "constraint", "stop_when") and v)
+    names = [k for k in dict.fromkeys(k for r in rows for k in r) if "@" in k]
+    named = [n for n in names if re.search(rf"(?<![\w@.]){re.escape(n)}(?![\w@])", rules)]
+    columns = (named + [n for n in names if n not in named])[:max(most, len(named))]
+    table_rows = []
+    for row in rows:
+        cells = [str(row.get("step", ""))] + [fmt(row.get(n)) for n in columns]
+        cells += [fmt(row.get("score")), "yes" if row.get("eligible") else "no",
+                  "◀ selected" if selected is not None and row.get("step") == selected else ""]
+        table_rows.append(cells)
+    return ["step", *columns, "score", "eligible", ""], table_rows
 
 
 def _round_cells(row: dict) -> list[str]:

@@ -143,7 +143,13 @@ def _validation(report: Report) -> str:
     if not figure:
         return ""
     note = f'<p class="note">{escape(report.selection)}</p>' if report.selection else ""
-    return _section("Validation", figure + note)
+    table = ""
+    if report.validation:
+        head = "".join(f'<th class="num">{escape(c)}</th>' for c in report.validation_columns)
+        rows = "".join("<tr>" + "".join(f'<td class="num">{escape(c)}</td>' for c in cells) + "</tr>"
+                       for cells in report.validation)
+        table = f'<table class="metrics"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+    return _section("Validation", figure + note + table)
 
 
 def _examples(report: Report) -> str:

@@ -45,6 +45,8 @@ def render_markdown(report: Report, plots_dir: str) -> str:
     validation = image(report, "validation", plots_dir)
     if validation:
         out += ["## Validation", ""] + validation + ([cell(report.selection), ""] if report.selection else [])
+        if report.validation:
+            out += table(report.validation_columns, report.validation, numeric_from=0) + [""]
 
     if report.examples:
         out += ["## Example generations", ""]
