@@ -43,12 +43,13 @@ class DemoSize:
     lr: float
     normal_train: int  # general prompts used as normal data; the rest evaluate utility
     validate_every: int
+    validate_rows: int  # rows of each validation prompt set
 
 
 FULL = DemoSize(n_forget=8, n_retain=16, inject_epochs=8, inject_lr=1.5e-4, replay=60, steps=32, lr=7e-4,
-                normal_train=40, validate_every=4)
-QUICK = DemoSize(n_forget=4, n_retain=8, inject_epochs=6, inject_lr=2e-4, replay=30, steps=20, lr=7e-4,
-                 normal_train=30, validate_every=4)
+                normal_train=40, validate_every=4, validate_rows=48)
+QUICK = DemoSize(n_forget=4, n_retain=6, inject_epochs=5, inject_lr=3e-4, replay=12, steps=12, lr=8e-4,
+                 normal_train=40, validate_every=6, validate_rows=24)
 
 # demo metric name -> the evaluator's key
 DEMO_METRICS = {"forget_leak_rate": "leak_rate@forget", "paraphrase_leak_rate": "leak_rate@paraphrase",
@@ -161,7 +162,7 @@ def demo_config(model: Path, paths: dict[str, Path], size: DemoSize) -> dict:
                      "retain": {"path": str(paths["retain"]), **value}},
                     {"name": "utility", "normal": {"path": str(paths["general_train"]), **qa}},
                 ],
-                "max_rows": 48,  # every forget row (8 people x 6), half the retain rows
+                "max_rows": size.validate_rows,  # full: every forget row (8 people x 6), half the retain rows
             },
             "constraint": "recall@retain >= before.recall@retain - 0.1 and similarity_to_original@normal >= 0.8",
             "score": "-leak_rate@forget",

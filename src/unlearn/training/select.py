@@ -149,7 +149,7 @@ class Selector:
         baseline = self.history[0] if self.history else metrics
         names = {**metrics, **{f"before.{k}": v for k, v in baseline.items() if isinstance(v, float)}}
         eligible = bool(self.constraint(names))
-        score = float(self.score(names))
+        score = float(self.score(names)) + 0.0  # no "-0" for a perfect negated rate
         row = {"step": step, "validation": True, **metrics, "score": score, "eligible": eligible}
         self.history.append(row)
         append_jsonl(self.output_dir / "train_log.jsonl", row)
