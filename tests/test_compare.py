@@ -11,6 +11,7 @@ from conftest import base_config, write_jsonl
 from unlearn.cli import app
 from unlearn.compare import Columns, choose_metrics, compare, method_config
 from unlearn.config import ConfigError, load_config
+from unlearn.errors import InputError
 from unlearn.evaluation.config import parse_eval_config
 from unlearn.objectives.methods import resolve_method
 from unlearn.run import OutputDirError
@@ -94,11 +95,30 @@ def test_other_methods_keep_knobs_but_not_weights_or_paper_defaults(compare_conf
     raw = yaml.safe_load(compare_config.read_text())
     raw["method"].update(npo_beta=0.05, rmu_steering=3.0)
     config = load_config(raw=raw)
-    assert method_config(config, "paper") is config
+    assert method_config(config, "paper").method == config.method
     npo, simnpo, idk = (resolve_method(method_config(config, name).method) for name in ("npo", "simnpo", "idk"))
     assert npo.weights == {"npo": 1.0, "retain_nll": 1.0} and npo.knobs.npo_beta == 0.05 and npo.knobs.mismatch_k == 2
     assert simnpo.knobs.npo_beta == 2.5  # SimNPO's own paper default, not NPO's beta
     assert idk.knobs.mismatch_k == 1 and idk.knobs.rmu_steering == 3.0  # one refusal per row; other knobs kept
+
+
+def test_compare_section_sets_one_methods_knobs(compare_config):
+    raw = yaml.safe_load(compare_config.read_text())
+    raw["method"]["weights"] = {"kl_to_original": 3.0}
+    raw["compare"] = {"idk": {"weights": {"kl_to_original": 4.0, "forget_ga": 0.0}, "mismatch_k": 2},
+                      "paper": {"weights": {"mismatch": 0.5}}}
+    config = load_config(raw=raw)
+    idk = resolve_method(method_config(config, "idk").method)
+    assert idk.weights == {"mismatch": 1.0, "kl_to_original": 4.0} and idk.knobs.mismatch_k == 2
+    paper = method_config(config, "paper")
+    assert resolve_method(paper.method).weights == {"forget_ga": 0.5, "mismatch": 0.5, "kl_to_original": 3.0}
+    assert paper.compare is None and method_config(config, "npo").method.weights is None
+    raw["compare"] = {"idk": {"weights": {"nope": 1.0}}}
+    with pytest.raises(InputError, match="method.weights: unknown objective 'nope'"):
+        method_config(load_config(raw=raw), "idk")
+    raw["compare"] = {"idk": {"name": "npo"}}
+    with pytest.raises(ConfigError, match="compare: idk.name: 'npo' differs"):
+        load_config(raw=raw)
 
 
 def test_compare_needs_an_eval_section_and_known_methods(compare_config, tmp_path):

@@ -260,13 +260,13 @@ def test_a_resumed_run_keeps_the_negatives_and_the_round(tiny_llama, qa_files, t
 # --- config --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("change,message", [
-    ({"normal": {"source": "self"}}, "data.normal: Value error, source: self is only for data.forget"),
+    ({"normal": {"source": "self"}}, "data.normal: source: self is only for data.forget"),
     ({"forget": {"source": "model"}}, "data.forget.source: Input should be 'dataset' or 'self'"),
-    ({"forget": {"source": "dataset"}}, "data: Value error, onpolicy: is used only with data.forget.source: self"),
+    ({"forget": {"source": "dataset"}}, "data: onpolicy: is used only with data.forget.source: self"),
     ({"onpolicy": {"samples": 0}}, "data.onpolicy.samples: Input should be greater than 0"),
     ({"onpolicy": {"sample": 4}}, "data.onpolicy.sample: unknown key; known keys: judge, samples"),
     ({"onpolicy": {"judge": "toxic"}}, "data.onpolicy.judge: Input should be 'harmful', 'leak' or 'hallucination'"),
-    ({"onpolicy": {"judge": "hallucination"}}, "data.onpolicy: Value error, judge: hallucination needs reference:"),
+    ({"onpolicy": {"judge": "hallucination"}}, "data.onpolicy: judge: hallucination needs reference:"),
     ({"onpolicy": {"every": 0}}, "data.onpolicy.every: Input should be greater than 0"),
 ])
 def test_bad_onpolicy_config_fails_with_one_line_naming_the_field(change, message, tiny_llama, qa_files):

@@ -148,10 +148,10 @@ def test_validation_errors_name_file_and_field(tmp_path, qa_files, tiny_llama):
         "data.forget.path": ("data.forget: required key is missing", lambda r: r["data"].pop("forget")),
         "typo": ("train.max_step: unknown key", lambda r: r["train"].update(max_step=3)),
         "type": ("train.batch_size", lambda r: r["train"].update(batch_size="two")),
-        "template": ("data.template: Value error, template must be", lambda r: r["data"].update(template="{q}")),
-        "weights": ("method.weights: Value error, weight of 'mismatch' must be a non-negative number",
+        "template": ("data.template: template must be", lambda r: r["data"].update(template="{q}")),
+        "weights": ("method.weights: weight of 'mismatch' must be a non-negative number",
                     lambda r: r["method"].update(weights={"mismatch": -1})),
-        "window": ("data.forget: Value error, prompt_tokens must be smaller",
+        "window": ("data.forget: prompt_tokens must be smaller",
                    lambda r: r["data"]["forget"].update(window_tokens=8, prompt_tokens=8)),
     }
     for name, (message, edit) in cases.items():

@@ -83,13 +83,25 @@ def method_config(config: RunConfig, name: str) -> RunConfig:
     """The config for one method. The config's own method runs as written; another method keeps the
     `method:` knobs except `weights` (they name one method's objectives) and the knobs it has its own
     paper default for (npo_beta 0.1 for NPO is not SimNPO's 2.5; mismatch_k 5 random answers for the
-    paper is not idk's one refusal per forget row)."""
-    if name == config.method.name:
-        return config
+    paper is not idk's one refusal per forget row). `compare.<name>` in the config sets that method's
+    knobs (weights included) on top, key by key."""
     resolve_method(MethodConfig(name=name))  # an unknown name fails here, listing the known ones
     own = config.method
-    kept = own.model_fields_set - {"name", "weights"} - set(METHODS[name].defaults)
-    return config.model_copy(update={"method": MethodConfig(name=name, **{k: getattr(own, k) for k in kept})})
+    if name == own.name:
+        knobs = own.model_dump(exclude_unset=True)
+    else:
+        kept = own.model_fields_set - {"name", "weights"} - set(METHODS[name].defaults)
+        knobs = {k: getattr(own, k) for k in kept}
+    extra = (config.compare or {}).get(name)
+    if extra is not None:
+        extra = extra.model_dump(exclude_unset=True)
+        if "weights" in extra and knobs.get("weights"):
+            extra["weights"] = {**knobs["weights"], **extra["weights"]}
+        knobs.update(extra)
+    knobs["name"] = name
+    method = MethodConfig(**knobs)
+    resolve_method(method)  # unknown objective names in compare.<name>.weights fail before any run
+    return config.model_copy(update={"method": method, "compare": None})
 
 
 def compare(config_path: str | Path, methods: list[str], output_dir: str | Path, overrides: list[str] | None = None,

@@ -189,6 +189,16 @@ class RunConfig(_Strict):
     output: OutputConfig = OutputConfig()
     eval: dict[str, Any] | None = None
     select: dict[str, Any] | None = None
+    # `unlearn compare` only: method knobs per method name, e.g. {idk: {weights: {kl_to_original: 3}}}
+    compare: dict[str, MethodConfig] | None = None
+
+    @field_validator("compare")
+    @classmethod
+    def _compare(cls, value):
+        for name, knobs in (value or {}).items():
+            if "name" in knobs.model_fields_set and knobs.name != name:
+                raise ValueError(f"{name}.name: {knobs.name!r} differs from the method it configures; leave it out")
+        return value
 
     @field_validator("eval")
     @classmethod
@@ -258,7 +268,7 @@ def _known_keys(model: type[BaseModel] | None, loc: tuple) -> list[str]:
 def _format_validation_error(error: ValidationError, source: str, model: type[BaseModel] | None = None) -> str:
     first = error.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    message = first["msg"]
+    message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         known = _known_keys(model, first["loc"])
         message = "unknown key" + (f"; known keys: {', '.join(known)}" if known else "")
