@@ -54,8 +54,11 @@ class SourceConfig(_Strict):
     skip: int = Field(0, ge=0)
     window_tokens: int = Field(128, gt=1)
     prompt_tokens: int = Field(32, gt=0)
-    # self (data.forget only): the forget answers are the model's own, sampled and judged (data.onpolicy)
-    source: Literal["dataset", "self"] = "dataset"
+    # self (data.forget only): the forget answers are the model's own, sampled and judged (data.onpolicy);
+    # original (data.normal, data.mismatch_pool): the answers are the original model's greedy ones,
+    # `answer_tokens` long, generated before training (unlearn.data.original)
+    source: Literal["dataset", "self", "original"] = "dataset"
+    answer_tokens: int = Field(64, gt=0)
 
     @model_validator(mode="after")
     def _window(self):
@@ -116,6 +119,9 @@ class DataConfig(_Strict):
 
     @model_validator(mode="after")
     def _onpolicy(self):
+        if self.forget.source == "original":
+            raise ValueError("forget.source: original is only for data.normal and data.mismatch_pool "
+                             "(the forget answers are the file's, or the model's own with source: self)")
         if self.forget.source == "self":
             self.onpolicy = self.onpolicy or OnPolicyConfig()
         elif self.onpolicy is not None:

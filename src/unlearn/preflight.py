@@ -43,6 +43,8 @@ def _fields(data, source) -> tuple[str, ...]:
         from unlearn.training.onpolicy import forget_fields
 
         return forget_fields(data)
+    if source.source == "original":  # the original model writes the answers
+        return (source.prompt,)
     return (source.prompt, source.response)
 
 

@@ -11,6 +11,7 @@ import torch
 
 from unlearn.config import ConfigError, RunConfig, dump_config, load_config
 from unlearn.data.batches import build_data
+from unlearn.data.original import original_answers, uses_original
 from unlearn.errors import InputError
 from unlearn.io import atomic_write_json, atomic_write_text
 from unlearn.models.loading import load_model
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 RUN_MARKERS = ("config.yaml", "train_log.jsonl", "summary.json", "metrics.json")
 RUN_FILES = (*RUN_MARKERS, "generations.jsonl", "report.html", "report.md", "negatives.jsonl")
-RUN_FOLDERS = ("checkpoints", "model", "adapter", "plots", "validation")  # RUN_FILES and RUN_FOLDERS: what --overwrite removes
+RUN_FOLDERS = ("checkpoints", "model", "adapter", "plots", "validation", "original_answers")  # RUN_FILES and RUN_FOLDERS: what --overwrite removes
 
 
 class OutputDirError(InputError):
@@ -75,7 +76,12 @@ def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: li
                                   config.model.allow_pickle)
     method = resolve_method(config.method, num_layers(model))
     train_cfg = config.train
-    data = build_data(config.data, tokenizer, seed=train_cfg.seed, batch_size=train_cfg.batch_size,
+    data_cfg = config.data
+    if uses_original(data_cfg):  # the normal answers are the original model's own (before any change)
+        data_cfg = original_answers(data_cfg, model, tokenizer, output_dir, resume=resume,
+                                    write=state.is_main_process)
+        state.wait_for_everyone()  # the other processes read the main process's files
+    data = build_data(data_cfg, tokenizer, seed=train_cfg.seed, batch_size=train_cfg.batch_size,
                       normal_batch_size=train_cfg.normal_batch_size or train_cfg.batch_size,
                       mismatch_k=method.knobs.mismatch_k if "mismatch" in method.weights else 0,
                       mismatch_answers=method.mismatch_answers)
@@ -87,7 +93,7 @@ def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: li
     if config.eval and state.is_main_process:
         from unlearn.evaluation.runner import Evaluator
 
-        evaluator = Evaluator(config.eval, tokenizer, config.data, output_dir)
+        evaluator = Evaluator(config.eval, tokenizer, data_cfg, output_dir)
         tick = time.perf_counter()
         evaluator.evaluate(model, stage="before")
         wall["eval_before"] = time.perf_counter() - tick
@@ -107,9 +113,9 @@ def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: li
     if config.data.forget.source == "self":
         from unlearn.training.onpolicy import OnPolicyNegatives
 
-        hooks.append(OnPolicyNegatives(config, tokenizer, data, output_dir))
+        hooks.append(OnPolicyNegatives(config.model_copy(update={"data": data_cfg}), tokenizer, data, output_dir))
     if config.select:
-        hooks.append(_selector(config, tokenizer, output_dir, reference))
+        hooks.append(_selector(config, data_cfg, tokenizer, output_dir, reference))
     tick = time.perf_counter()
     result = train(model, data, method, train_cfg, output_dir, reference_model=reference, hooks=hooks,
                    resume=resume)
@@ -152,7 +158,7 @@ def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: li
     return RunResult(output_dir, summary, paths, metrics)
 
 
-def _selector(config: RunConfig, tokenizer, output_dir: Path, reference):
+def _selector(config: RunConfig, data_cfg, tokenizer, output_dir: Path, reference):
     """Validation every `select.every` steps with a cheap copy of the eval section (or `select.eval`)."""
     from unlearn.evaluation.runner import Evaluator
     from unlearn.training.select import SelectConfig, Selector
@@ -167,7 +173,7 @@ def _selector(config: RunConfig, tokenizer, output_dir: Path, reference):
         generation["max_new_tokens"] = min(generation.get("max_new_tokens", 48), 32)
         eval_raw["generation"] = generation
         eval_raw["max_rows"] = min(eval_raw.get("max_rows") or 16, 16)
-    evaluator = Evaluator(eval_raw, tokenizer, config.data, output_dir / "validation")
+    evaluator = Evaluator(eval_raw, tokenizer, data_cfg, output_dir / "validation")
 
     def validate(model, step: int) -> dict[str, float]:
         return evaluator.evaluate(model, stage="before" if step == 0 else f"step-{step}", reference_model=reference)

@@ -1,0 +1,76 @@
+"""`source: original` for normal (and mismatch-pool) data: the original model's own answers.
+
+A dataset's answers to normal prompts are not what the model says: TruthfulQA's one-line "Best
+Answer" is not SmolLM2's paragraph. A KL to the original measured on the dataset's answers holds
+the model's next-token distributions along text it never writes, so greedy answers can drift while
+the KL stays small. With `source: original` the normal rows' answers are the original model's own
+greedy answers (`answer_tokens` new tokens), generated once before training: the KL then holds
+exactly the paths the model's outputs follow. The answers are written to
+OUTPUT_DIR/original_answers/ (one JSONL per source, prompt + response) and reused on --resume.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from unlearn.config import DataConfig, SourceConfig
+from unlearn.data.batches import encoder_for
+from unlearn.data.sources import DataError, detect_format, read_fields, read_pairs
+from unlearn.io import atomic_write_jsonl
+
+log = logging.getLogger(__name__)
+
+FOLDER = "original_answers"
+
+
+def uses_original(data: DataConfig) -> bool:
+    return any(source.source == "original" for source in data.normal + (data.mismatch_pool or []))
+
+
+def original_answers(data: DataConfig, model, tokenizer, output_dir: Path, *, resume: bool = False,
+                     write: bool = True, batch_size: int = 16) -> DataConfig:
+    """`data` with every `source: original` replaced by a JSONL of the model's greedy answers to its
+    prompts. Call it with the model before unlearning. `write` False (non-main processes) reads the
+    files the main process wrote."""
+    if not uses_original(data):
+        return data
+    folder = Path(output_dir) / FOLDER
+    done: dict[tuple, SourceConfig] = {}  # a source named twice (normal and mismatch pool) is answered once
+
+    def replace(source: SourceConfig, where: str) -> SourceConfig:
+        if source.source != "original":
+            return source
+        key = tuple(sorted(source.model_dump(exclude={"weight"}).items()))
+        if key not in done:
+            path = folder / f"{where}.jsonl"
+            if write and not (resume and path.is_file()):
+                _answer(source, where, path, data, model, tokenizer, batch_size)
+            done[key] = SourceConfig(path=str(path), prompt="prompt", response="response", format="jsonl")
+        return done[key].model_copy(update={"weight": source.weight})
+
+    normal = [replace(s, f"normal-{i}") for i, s in enumerate(data.normal)]
+    pool = [replace(s, f"mismatch_pool-{i}") for i, s in enumerate(data.mismatch_pool)] if data.mismatch_pool else None
+    return data.model_copy(update={"normal": normal, "mismatch_pool": pool})
+
+
+def _answer(source: SourceConfig, where: str, path: Path, data: DataConfig, model, tokenizer, batch_size: int) -> None:
+    from unlearn.evaluation.generation import answer_stop_ids, generate
+
+    encoder = encoder_for(source, tokenizer, data)
+    if detect_format(source) == "text":  # a text file's windows: only the prompt part is kept
+        prompts = [pair.prompt for pair in read_pairs(source, tokenizer)]
+    else:  # the file needs no answers
+        prompts = [fields[0] for fields in read_fields(source, (source.prompt,))]
+    prompts = list(dict.fromkeys(prompts))
+    if not prompts:
+        raise DataError(f"{source.path}: no prompts to answer (data.{where})")
+    answers = generate(model, tokenizer, [encoder.prompt_ids(p) for p in prompts], source.answer_tokens, batch_size,
+                       stop_ids=answer_stop_ids(tokenizer, encoder), description=f"original answers ({where})")
+    rows = [{"prompt": p, "response": a} for p, a in zip(prompts, answers) if a.strip()]
+    if len(rows) < len(prompts):
+        log.warning("%s: the original model answered %d of %d prompts with nothing; those are left out",
+                    source.path, len(prompts) - len(rows), len(prompts))
+    if not rows:
+        raise DataError(f"{source.path}: the original model answered every prompt with nothing (data.{where})")
+    atomic_write_jsonl(path, rows)
+    log.info("%s: %d original answers written to %s", where, len(rows), path)
