@@ -315,15 +315,19 @@ def _deep_copy(raw):
 
 
 def _resolve_paths(raw: dict, base: Path) -> None:
-    """Data paths in a config file are relative to the file, so configs travel with their data."""
+    """Data paths in a config file are relative to the file, so configs travel with their data (a
+    path that exists from the working directory is taken from there). Found paths become absolute,
+    so the run's saved config.yaml works from anywhere."""
     data = raw.get("data")
     sources = []
     if isinstance(data, dict):
         for key in ("forget", "normal", "mismatch_pool"):
             value = data.get(key)
             sources += value if isinstance(value, list) else [value]
-    evaluation = raw.get("eval")
-    if isinstance(evaluation, dict):
+    select = raw.get("select")
+    for evaluation in (raw.get("eval"), select.get("eval") if isinstance(select, dict) else None):
+        if not isinstance(evaluation, dict):
+            continue
         for task in evaluation.get("tasks", []) or []:
             if isinstance(task, dict):
                 for value in task.values():
@@ -336,8 +340,12 @@ def _resolve_paths(raw: dict, base: Path) -> None:
     for source in sources:
         if isinstance(source, dict) and isinstance(source.get("path"), str):
             candidate = Path(source["path"]).expanduser()
-            if not candidate.is_absolute() and not candidate.exists() and (base / candidate).exists():
-                source["path"] = str(base / candidate)
+            if candidate.is_absolute():
+                continue
+            for found in (candidate, base / candidate):
+                if found.exists():
+                    source["path"] = str(found.resolve())
+                    break
 
 
 def dump_config(config: RunConfig) -> str:

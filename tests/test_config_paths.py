@@ -1,0 +1,27 @@
+"""Data paths in a config file are relative to the file and saved absolute."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from conftest import base_config
+from unlearn.config import dump_config, load_config
+
+
+def test_paths_relative_to_the_config_file_become_absolute(tiny_llama, qa_files, tmp_path, monkeypatch):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    raw = base_config(tiny_llama, qa_files)
+    raw["data"]["forget"]["path"] = "../forget.jsonl"  # relative to the config file
+    raw["eval"] = {"tasks": [{"name": "utility", "normal": {"path": "../normal.csv", "prompt": "Question"}}]}
+    raw["select"] = {"every": 1, "eval": {"tasks": [{"name": "utility",
+                                                     "normal": {"path": "../normal.csv", "prompt": "Question"}}]}}
+    (folder / "run.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir(tmp_path / "..")  # anywhere else
+    config = load_config(folder / "run.yaml")
+    assert config.data.forget.path == str(qa_files["forget"].resolve())
+    assert config.eval["tasks"][0]["normal"]["path"] == str(qa_files["normal"].resolve())
+    assert config.select["eval"]["tasks"][0]["normal"]["path"] == str(qa_files["normal"].resolve())
+    saved = yaml.safe_load(dump_config(config))
+    assert all(Path(p).is_absolute() for p in (saved["data"]["forget"]["path"], saved["data"]["normal"][0]["path"]))
