@@ -1,4 +1,4 @@
-"""Command line: `unlearn run | eval | report | demo | compare`."""
+"""Command line: `unlearn run | eval | report | demo | finetune | compare`."""
 from __future__ import annotations
 
 import functools
@@ -130,6 +130,40 @@ def demo_command(output_dir: Path = typer.Option(Path("runs/demo"), "--output-di
     from unlearn.demo import run_demo
 
     run_demo(output_dir, quick=quick, overwrite=overwrite)
+
+
+@app.command("finetune")
+@guarded
+def finetune_command(
+        model: str = typer.Option(..., "--model", help="Alias, HF folder, hub id or .gguf to start from."),
+        data: list[str] = typer.Option(..., "--data", help="A data file (repeatable), or a YAML mapping with a "
+                                       "data source's keys: '{path: book.txt, skip: 1, limit: 44}'."),
+        output_dir: Path = typer.Option(..., "--output-dir", "-o", help="New or empty folder for the model."),
+        epochs: int = typer.Option(..., "--epochs"),
+        lr: float = typer.Option(..., "--lr"),
+        batch_size: int = typer.Option(8, "--batch-size"),
+        seed: int = typer.Option(0, "--seed"),
+        prompt: str = typer.Option("prompt", "--prompt", help="Prompt field of structured files."),
+        response: str = typer.Option("response", "--response", help="Response field of structured files."),
+        window_tokens: int = typer.Option(128, "--window-tokens", help="Plain text: tokens per window."),
+        prompt_tokens: int = typer.Option(32, "--prompt-tokens", help="Plain text: prompt tokens per window."),
+        template: str = typer.Option("auto", "--template", help="As data.template (plain text is always raw)."),
+        max_length: int = typer.Option(256, "--max-length", help="Prompt + answer tokens per row."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace the contents of a non-empty OUTPUT_DIR."),
+        trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
+        allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (*.bin) weights.")):
+    """Set-up: full fine-tune until the model memorises DATA (so unlearning it can be measured)."""
+    from unlearn.memorise import memorise
+    from unlearn.ui import console
+
+    defaults = {"prompt": prompt, "response": response, "window_tokens": window_tokens, "prompt_tokens": prompt_tokens}
+    result = memorise(model, data, output_dir, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                      template=template, max_length=max_length, source_defaults=defaults, overwrite=overwrite,
+                      trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    losses = ", ".join(f"{x:.3f}" for x in result.epoch_losses)
+    console.print(f"[bold]done[/bold]: {result.rows} rows, {len(result.epoch_losses)} epochs in "
+                  f"{result.seconds:.0f} s; loss per epoch: {losses}")
+    console.print(f"  model: {result.output_dir}")
 
 
 @app.command("compare")
