@@ -10,6 +10,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ["UNLEARN_EVAL_CACHE"] = "0"  # every test evaluates for real; tests/test_eval_cache.py turns it on
 
 SENTENCES = [
     "The capital of France is Paris.", "Water boils at one hundred degrees.", "How do I pick a lock?",

@@ -261,7 +261,7 @@ def test_a_resumed_run_keeps_the_negatives_and_the_round(tiny_llama, qa_files, t
 
 @pytest.mark.parametrize("change,message", [
     ({"normal": {"source": "self"}}, "data.normal: source: self is only for data.forget"),
-    ({"forget": {"source": "model"}}, "data.forget.source: Input should be 'dataset' or 'self'"),
+    ({"forget": {"source": "model"}}, "data.forget.source: Input should be 'dataset', 'self' or 'original'"),
     ({"forget": {"source": "dataset"}}, "data: onpolicy: is used only with data.forget.source: self"),
     ({"onpolicy": {"samples": 0}}, "data.onpolicy.samples: Input should be greater than 0"),
     ({"onpolicy": {"sample": 4}}, "data.onpolicy.sample: unknown key; known keys: judge, samples"),

@@ -91,11 +91,12 @@ def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: li
 
     evaluator = None
     if config.eval and state.is_main_process:
+        from unlearn.evaluation.cache import model_fingerprint
         from unlearn.evaluation.runner import Evaluator
 
         evaluator = Evaluator(config.eval, tokenizer, data_cfg, output_dir)
         tick = time.perf_counter()
-        evaluator.evaluate(model, stage="before")
+        evaluator.evaluate_original(model, model_fingerprint(config.model.name, config.model.dtype))
         wall["eval_before"] = time.perf_counter() - tick
 
     reference = None
@@ -160,6 +161,7 @@ def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: li
 
 def _selector(config: RunConfig, data_cfg, tokenizer, output_dir: Path, reference):
     """Validation every `select.every` steps with a cheap copy of the eval section (or `select.eval`)."""
+    from unlearn.evaluation.cache import model_fingerprint
     from unlearn.evaluation.runner import Evaluator
     from unlearn.training.select import SelectConfig, Selector
 
@@ -175,7 +177,11 @@ def _selector(config: RunConfig, data_cfg, tokenizer, output_dir: Path, referenc
         eval_raw["max_rows"] = min(eval_raw.get("max_rows") or 16, 16)
     evaluator = Evaluator(eval_raw, tokenizer, data_cfg, output_dir / "validation")
 
+    files = model_fingerprint(config.model.name, config.model.dtype)
+
     def validate(model, step: int) -> dict[str, float]:
-        return evaluator.evaluate(model, stage="before" if step == 0 else f"step-{step}", reference_model=reference)
+        if step == 0:  # the original model (adapters still zero, or the untouched full model)
+            return evaluator.evaluate_original(model, files)
+        return evaluator.evaluate(model, stage=f"step-{step}", reference_model=reference)
 
     return Selector(select, validate, output_dir)

@@ -160,6 +160,26 @@ class Evaluator:
             self.originals[(run.task.name, role)] = outputs
         return outputs
 
+    def evaluate_original(self, model, model_files: list | None, model_name: str | None = None) -> dict[str, float]:
+        """The "before" stage, from the shared cache when the same model, settings, data and code
+        were evaluated before (unlearn.evaluation.cache), else evaluated and stored."""
+        from unlearn.evaluation import cache
+
+        key = cache.cache_key(model_files, self.config.model_dump(mode="json"), self.data.model_dump(mode="json"))
+        entry = cache.load(key)
+        if entry is None:
+            results = self.evaluate(model, stage="before", model_name=model_name)
+            cache.store(key, {"metrics": results, "rows": [r for r in self.rows if r["stage"] == "before"],
+                              "originals": [[task, role, outputs] for (task, role), outputs in self.originals.items()]})
+            return results
+        log.info("the original model's evaluation is reused from the cache (%s; UNLEARN_EVAL_CACHE=0 turns it off)", key)
+        self.rows = [r for r in self.rows if r["stage"] != "before"] + entry["rows"]
+        self.originals.update({(task, role): outputs for task, role, outputs in entry["originals"]})
+        self.metrics["before"] = entry["metrics"]
+        atomic_write_json(self.output_dir / "metrics.json", self.metrics)
+        atomic_write_jsonl(self.output_dir / "generations.jsonl", self.rows)
+        return entry["metrics"]
+
     def evaluate(self, model, stage: str, reference_model=None, model_name: str | None = None) -> dict[str, float]:
         """Run every task on `model`; `reference_model` is the original for a full fine-tune (a PEFT
         model's original is itself with adapters disabled). Returns the stage's flat metrics."""
@@ -219,7 +239,8 @@ def evaluate_model(config_path, model: str, output_dir, overrides: list[str] | N
     """`unlearn eval`: the config's model is evaluated as "before" (the original outputs), then
     `model` (HF folder, PEFT adapter folder, alias or .gguf) as "after". When `model` is the config's
     model itself only "before" is written. Returns metrics.json's content. The before stage is
-    recomputed on every call: its metrics depend on the whole eval config (judge, prompts, settings)."""
+    taken from the shared cache when this model, eval config, data and code were evaluated before."""
+    from unlearn.evaluation.cache import model_fingerprint
     from unlearn.models.loading import load_model
     from unlearn.run import OutputDirError
 
@@ -236,7 +257,8 @@ def evaluate_model(config_path, model: str, output_dir, overrides: list[str] | N
     original, tokenizer = load_model(config.model.name, config.model.dtype, config.model.trust_remote_code,
                                      config.model.allow_pickle)
     evaluator = Evaluator(config.eval, tokenizer, config.data, output_dir)
-    evaluator.evaluate(original, "before", model_name=config.model.name)
+    evaluator.evaluate_original(original, model_fingerprint(config.model.name, config.model.dtype),
+                                model_name=config.model.name)
     if not _same_model(model, config.model.name):
         target, reference = _load_target(model, config, original)
         evaluator.evaluate(target, "after", reference_model=reference, model_name=model)
