@@ -138,8 +138,9 @@ def memorise(model: str, data: list[str | dict | SourceConfig], output_dir: str 
     with atomic_dir(output_dir) as tmp:
         net.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        read = {"path", "prompt", "response", "format", "skip", "limit", "window_tokens", "prompt_tokens"}
         atomic_write_json(tmp / "finetune.json", {
-            "model": model, "data": [s.model_dump(exclude_defaults=True) for s in sources], "template": template,
+            "model": model, "data": [s.model_dump(include=read) for s in sources], "template": template,
             "max_length": max_length, "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed,
             "rows": len(rows), "epoch_losses": [round(x, 5) for x in losses], "seconds": round(seconds, 1)})
     return FinetuneResult(output_dir, losses, len(rows), seconds)
