@@ -99,6 +99,15 @@ def test_stop_rule_and_patience_fire(tmp_path):
     assert step == 15 and "patience" in reason  # step 15 is not eligible: no improvement
 
 
+def test_stop_rule_needs_an_eligible_checkpoint(tmp_path):
+    # step 15 leaks nothing but fails the recall floor: training goes on to step 20
+    selector = Selector({"every": 5, "score": "-leak", "constraint": "recall >= 0.8", "stop_when": "leak <= 0.0"},
+                        Scripted(LOG), tmp_path)
+    step, reason = drive(selector, FakeModel(), 20)
+    assert (step, reason) == (20, None)
+    assert selector.summary()["selection"]["best_step"] == 10
+
+
 def test_no_eligible_checkpoint_is_reported(tmp_path):
     selector = Selector({"every": 5, "score": "-leak", "constraint": "recall >= 0.99"}, Scripted(LOG), tmp_path)
     drive(selector, FakeModel(), 20)

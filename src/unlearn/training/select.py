@@ -171,8 +171,10 @@ class Selector:
         if step % self.config.every:
             return None
         validation = self._run_validation(step, model)
-        if self.stop_when is not None and self.stop_when(validation):
-            return f"validation met stop_when ({self.config.stop_when}) at step {step}"
+        # targets met by an ineligible checkpoint (e.g. nothing leaks because nothing is answered)
+        # are no reason to stop: training goes on, and the utility terms may bring it back
+        if self.stop_when is not None and validation["eligible"] and self.stop_when(validation):
+            return f"validation met stop_when ({self.config.stop_when}) and the constraint at step {step}"
         if self.config.patience and self.since_improved >= self.config.patience:
             return f"no better eligible checkpoint for {self.config.patience} validations (patience)"
         return None
