@@ -66,9 +66,10 @@ def test_compare_writes_leaderboard_and_frontier(compare_config, tmp_path):
     assert rows["npo"]["weights"] == {"npo": 1.0, "retain_nll": 1.0}
 
     markdown = (out / "leaderboard.md").read_text()
-    table = [line for line in markdown.splitlines() if line.startswith("| ")]
+    table = [line for line in markdown.split("Settings per method")[0].splitlines() if line.startswith("| ")]
     assert "leak_rate@forget ↓" in table[0] and "similarity_to_original@normal ↑" in table[0]
     assert table[2].startswith("| original (before) | ") and len(table) == 2 + 1 + 3  # header, rule, original, 3 methods
+    assert "| paper | forget_ga 0.5, mismatch 1, kl_to_original 1 | 0.001 | 2 |" in markdown  # weights, lr, kept step
     assert "failed: MethodError" in table[-1] and "![" in markdown and "(frontier.png)" in markdown
     assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -105,11 +106,12 @@ def test_other_methods_keep_knobs_but_not_weights_or_paper_defaults(compare_conf
 def test_compare_section_sets_one_methods_knobs(compare_config):
     raw = yaml.safe_load(compare_config.read_text())
     raw["method"]["weights"] = {"kl_to_original": 3.0}
-    raw["compare"] = {"idk": {"weights": {"kl_to_original": 4.0, "forget_ga": 0.0}, "mismatch_k": 2},
+    raw["compare"] = {"idk": {"weights": {"kl_to_original": 4.0, "forget_ga": 0.0}, "mismatch_k": 2, "lr": 1e-4},
                       "paper": {"weights": {"mismatch": 0.5}}}
     config = load_config(raw=raw)
     idk = resolve_method(method_config(config, "idk").method)
     assert idk.weights == {"mismatch": 1.0, "kl_to_original": 4.0} and idk.knobs.mismatch_k == 2
+    assert method_config(config, "idk").train.lr == 1e-4 and method_config(config, "npo").train.lr == config.train.lr
     paper = method_config(config, "paper")
     assert resolve_method(paper.method).weights == {"forget_ga": 0.5, "mismatch": 0.5, "kl_to_original": 3.0}
     assert paper.compare is None and method_config(config, "npo").method.weights is None

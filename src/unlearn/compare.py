@@ -84,7 +84,7 @@ def method_config(config: RunConfig, name: str) -> RunConfig:
     `method:` knobs except `weights` (they name one method's objectives) and the knobs it has its own
     paper default for (npo_beta 0.1 for NPO is not SimNPO's 2.5; mismatch_k 5 random answers for the
     paper is not idk's one refusal per forget row). `compare.<name>` in the config sets that method's
-    knobs (weights included) on top, key by key."""
+    knobs (weights merged key by key) and, with `lr`, its learning rate; steps and data stay shared."""
     resolve_method(MethodConfig(name=name))  # an unknown name fails here, listing the known ones
     own = config.method
     if name == own.name:
@@ -93,15 +93,19 @@ def method_config(config: RunConfig, name: str) -> RunConfig:
         kept = own.model_fields_set - {"name", "weights"} - set(METHODS[name].defaults)
         knobs = {k: getattr(own, k) for k in kept}
     extra = (config.compare or {}).get(name)
+    train = config.train
     if extra is not None:
         extra = extra.model_dump(exclude_unset=True)
+        if extra.get("lr") is not None:
+            train = train.model_copy(update={"lr": extra["lr"]})
+        extra.pop("lr", None)
         if "weights" in extra and knobs.get("weights"):
             extra["weights"] = {**knobs["weights"], **extra["weights"]}
         knobs.update(extra)
     knobs["name"] = name
     method = MethodConfig(**knobs)
     resolve_method(method)  # unknown objective names in compare.<name>.weights fail before any run
-    return config.model_copy(update={"method": method, "compare": None})
+    return config.model_copy(update={"method": method, "train": train, "compare": None})
 
 
 def compare(config_path: str | Path, methods: list[str], output_dir: str | Path, overrides: list[str] | None = None,
@@ -173,7 +177,7 @@ def _run_method(name: str, config: RunConfig, folder: Path, overwrite: bool) -> 
             "after": metrics.get("after", {}), "before": metrics.get("before", {}),
             "steps": summary["steps"], "max_steps": summary["max_steps"], "stop_reason": summary["stop_reason"],
             "train_seconds": summary["train_seconds"], "wall_seconds": round(time.perf_counter() - tick, 2),
-            "weights": summary["weights"], "selection": summary.get("selection")}
+            "weights": summary["weights"], "lr": config.train.lr, "selection": summary.get("selection")}
 
 
 def original_value(before: dict, name: str) -> float | None:
@@ -259,6 +263,16 @@ def leaderboard_markdown(board: dict, with_plot: bool) -> str:
     ]
     if with_plot:
         lines += [f"![{x} against {y}, one point per method](frontier.png)", ""]
+    ran = [r for r in board["rows"] if r["status"] != "failed"]
+    if ran:
+        lines += ["Settings per method (objective weights, learning rate, the step selection kept):", "",
+                  "| method | weights | lr | kept step |", "| --- | --- | ---: | ---: |"]
+        for r in ran:
+            weights = ", ".join(f"{k} {v:g}" for k, v in r["weights"].items())
+            kept = (r.get("selection") or {}).get("best_step", r["steps"])
+            lines.append(f"| {r['method']} | {weights} | {r['lr']:g} | {kept} |" if r.get("lr") is not None
+                         else f"| {r['method']} | {weights} | — | {kept} |")
+        lines.append("")
     reports = [f"[{r['method']}]({r['method']}/report.md)" for r in board["rows"] if r["status"] != "failed"]
     lines += [f"Total wall time: {duration(board['total_seconds'])}."
               + (" Per-method reports: " + ", ".join(reports) + "." if reports else ""), ""]

@@ -165,6 +165,11 @@ class MethodConfig(_Strict):
         return value
 
 
+class CompareMethod(MethodConfig):
+    """One method's settings in a comparison: its knobs, and optionally its own learning rate."""
+    lr: float | None = Field(None, gt=0)
+
+
 class TrainConfig(_Strict):
     lr: float = Field(2.0e-4, gt=0)
     batch_size: int = Field(2, gt=0)
@@ -195,8 +200,8 @@ class RunConfig(_Strict):
     output: OutputConfig = OutputConfig()
     eval: dict[str, Any] | None = None
     select: dict[str, Any] | None = None
-    # `unlearn compare` only: method knobs per method name, e.g. {idk: {weights: {kl_to_original: 3}}}
-    compare: dict[str, MethodConfig] | None = None
+    # `unlearn compare` only: method knobs (and lr) per method name, e.g. {idk: {weights: {kl_to_original: 3}}}
+    compare: dict[str, CompareMethod] | None = None
 
     @field_validator("compare")
     @classmethod
