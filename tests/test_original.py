@@ -71,3 +71,18 @@ def test_source_original_is_not_for_forget_data(tiny_llama, prompt_file):
     raw["data"]["normal"]["answer_tokens"] = 0
     with pytest.raises(ConfigError, match="data.normal.0.answer_tokens"):
         load_config(raw=raw)
+
+
+def test_answers_are_cached_across_runs(tiny_llama, prompt_file, tmp_path, monkeypatch):
+    from unlearn.data import original
+
+    monkeypatch.setenv("UNLEARN_EVAL_CACHE", "1")
+    monkeypatch.setenv("UNLEARN_CACHE", str(tmp_path / "cache"))
+    config = load_config(raw=_config(tiny_llama, prompt_file))
+    run(config, tmp_path / "a")
+    assert len(list((tmp_path / "cache" / "original").glob("*.jsonl"))) == 1
+    monkeypatch.setattr("unlearn.evaluation.generation.generate", lambda *a, **k: pytest.fail("generated again"))
+    run(config, tmp_path / "b")
+    first, second = (read_jsonl(tmp_path / d / "original_answers" / "normal-0.jsonl") for d in "ab")
+    assert first == second
+    assert original.FOLDER == "original_answers"

@@ -78,8 +78,11 @@ def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: li
     train_cfg = config.train
     data_cfg = config.data
     if uses_original(data_cfg):  # the normal answers are the original model's own (before any change)
+        from unlearn.evaluation.cache import model_fingerprint
+
         data_cfg = original_answers(data_cfg, model, tokenizer, output_dir, resume=resume,
-                                    write=state.is_main_process)
+                                    write=state.is_main_process,
+                                    model_files=model_fingerprint(config.model.name, config.model.dtype))
         state.wait_for_everyone()  # the other processes read the main process's files
     data = build_data(data_cfg, tokenizer, seed=train_cfg.seed, batch_size=train_cfg.batch_size,
                       normal_batch_size=train_cfg.normal_batch_size or train_cfg.batch_size,

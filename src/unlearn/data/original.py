@@ -6,7 +6,9 @@ the model's next-token distributions along text it never writes, so greedy answe
 the KL stays small. With `source: original` the normal rows' answers are the original model's own
 greedy answers (`answer_tokens` new tokens), generated once before training: the KL then holds
 exactly the paths the model's outputs follow. The answers are written to
-OUTPUT_DIR/original_answers/ (one JSONL per source, prompt + response) and reused on --resume.
+OUTPUT_DIR/original_answers/ (one JSONL per source, prompt + response) and reused on --resume;
+like the original model's evaluation (unlearn.evaluation.cache) they are also kept in
+UNLEARN_CACHE/original/ and reused by any run with the same model files, source, template and code.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from pathlib import Path
 from unlearn.config import DataConfig, SourceConfig
 from unlearn.data.batches import encoder_for
 from unlearn.data.sources import DataError, detect_format, read_fields, read_pairs
-from unlearn.io import atomic_write_jsonl
+from unlearn.io import atomic_write_jsonl, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +30,7 @@ def uses_original(data: DataConfig) -> bool:
 
 
 def original_answers(data: DataConfig, model, tokenizer, output_dir: Path, *, resume: bool = False,
-                     write: bool = True, batch_size: int = 16) -> DataConfig:
+                     write: bool = True, batch_size: int = 16, model_files: list | None = None) -> DataConfig:
     """`data` with every `source: original` replaced by a JSONL of the model's greedy answers to its
     prompts. Call it with the model before unlearning. `write` False (non-main processes) reads the
     files the main process wrote."""
@@ -44,7 +46,7 @@ def original_answers(data: DataConfig, model, tokenizer, output_dir: Path, *, re
         if key not in done:
             path = folder / f"{where}.jsonl"
             if write and not (resume and path.is_file()):
-                _answer(source, where, path, data, model, tokenizer, batch_size)
+                _answer(source, where, path, data, model, tokenizer, batch_size, model_files)
             done[key] = SourceConfig(path=str(path), prompt="prompt", response="response", format="jsonl")
         return done[key].model_copy(update={"weight": source.weight})
 
@@ -53,8 +55,19 @@ def original_answers(data: DataConfig, model, tokenizer, output_dir: Path, *, re
     return data.model_copy(update={"normal": normal, "mismatch_pool": pool})
 
 
-def _answer(source: SourceConfig, where: str, path: Path, data: DataConfig, model, tokenizer, batch_size: int) -> None:
+def _answer(source: SourceConfig, where: str, path: Path, data: DataConfig, model, tokenizer, batch_size: int,
+            model_files: list | None) -> None:
+    from unlearn.evaluation import cache
     from unlearn.evaluation.generation import answer_stop_ids, generate
+    from unlearn.models.loading import cache_dir
+
+    key = cache.cache_key(model_files, source.model_dump(mode="json", exclude={"weight"}),
+                          {"template": data.template, "max_length": data.max_length})
+    cached = cache_dir() / "original" / f"{key}.jsonl" if key else None
+    if cached is not None and cached.is_file():
+        log.info("%s: the original answers are reused from %s", where, cached)
+        atomic_write_jsonl(path, read_jsonl(cached))
+        return
 
     encoder = encoder_for(source, tokenizer, data)
     if detect_format(source) == "text":  # a text file's windows: only the prompt part is kept
@@ -73,4 +86,9 @@ def _answer(source: SourceConfig, where: str, path: Path, data: DataConfig, mode
     if not rows:
         raise DataError(f"{source.path}: the original model answered every prompt with nothing (data.{where})")
     atomic_write_jsonl(path, rows)
+    if cached is not None:
+        try:
+            atomic_write_jsonl(cached, rows)
+        except OSError as exc:  # a read-only cache must not fail the run
+            log.warning("could not cache the original answers: %s", exc)
     log.info("%s: %d original answers written to %s", where, len(rows), path)
