@@ -185,3 +185,10 @@ def test_shipped_configs_run(name, tiny_llama, tmp_path):
                "--set", "method.mismatch_k=2", "--set", "output.save=none", "--set", "model.lora.r=2"))
     rows = read_jsonl(out / "train_log.jsonl")
     assert len(rows) == 2 and all(LOG_KEYS <= set(r) for r in rows)
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "presets").glob("*.yaml")), ids=lambda p: p.stem)
+def test_presets_are_valid_configs(path):
+    """The presets read ../shared/data (not shipped): they must at least parse and validate."""
+    config = load_config(path)
+    assert config.eval and config.select
