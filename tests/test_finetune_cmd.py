@@ -91,3 +91,17 @@ def test_bad_input_is_one_line(case, tiny_llama, book, tmp_path):
     assert_input_error(cli("finetune", *[x for pair in args.items() for x in pair], *extra), fragment)
     assert (tiny_llama / "model.safetensors").read_bytes() == weights
     assert not (tmp_path / "out").exists()
+
+
+def test_copyright_preset_is_a_valid_config():
+    """The preset loads without its data (users without ../shared/data still get a valid config), and
+    the chapters it unlearns are the windows its set-up command fine-tunes on."""
+    from pathlib import Path
+
+    from unlearn.config import load_config
+
+    preset = Path(__file__).parents[1] / "configs" / "presets" / "copyright.yaml"
+    config = load_config(preset)
+    forget = config.data.forget
+    assert (forget.skip, forget.limit, forget.window_tokens, forget.prompt_tokens) == (1, 44, 128, 32)
+    assert "skip: 1, limit: 44}' \\\n#        --window-tokens 128 --prompt-tokens 32" in preset.read_text()
