@@ -13,6 +13,7 @@ from unlearn.config import ConfigError, RunConfig, dump_config, load_config
 from unlearn.data.batches import build_data
 from unlearn.data.original import original_answers, uses_original
 from unlearn.errors import InputError
+from unlearn.evaluation.cache import model_fingerprint
 from unlearn.io import atomic_write_json, atomic_write_text
 from unlearn.models.loading import load_model
 from unlearn.models.prepare import apply_lora, frozen_copy, num_layers, save_model
@@ -76,13 +77,11 @@ def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: li
                                   config.model.allow_pickle)
     method = resolve_method(config.method, num_layers(model))
     train_cfg = config.train
+    model_files = model_fingerprint(config.model.name, config.model.dtype)  # keys the caches of the original's outputs
     data_cfg = config.data
     if uses_original(data_cfg):  # the normal answers are the original model's own (before any change)
-        from unlearn.evaluation.cache import model_fingerprint
-
         data_cfg = original_answers(data_cfg, model, tokenizer, output_dir, resume=resume,
-                                    write=state.is_main_process,
-                                    model_files=model_fingerprint(config.model.name, config.model.dtype))
+                                    write=state.is_main_process, model_files=model_files)
         state.wait_for_everyone()  # the other processes read the main process's files
     data = build_data(data_cfg, tokenizer, seed=train_cfg.seed, batch_size=train_cfg.batch_size,
                       normal_batch_size=train_cfg.normal_batch_size or train_cfg.batch_size,
@@ -94,12 +93,11 @@ def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: li
 
     evaluator = None
     if config.eval and state.is_main_process:
-        from unlearn.evaluation.cache import model_fingerprint
         from unlearn.evaluation.runner import Evaluator
 
         evaluator = Evaluator(config.eval, tokenizer, data_cfg, output_dir)
         tick = time.perf_counter()
-        evaluator.evaluate_original(model, model_fingerprint(config.model.name, config.model.dtype))
+        evaluator.evaluate_original(model, model_files)
         wall["eval_before"] = time.perf_counter() - tick
 
     reference = None
@@ -119,7 +117,7 @@ def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: li
 
         hooks.append(OnPolicyNegatives(config.model_copy(update={"data": data_cfg}), tokenizer, data, output_dir))
     if config.select:
-        hooks.append(_selector(config, data_cfg, tokenizer, output_dir, reference))
+        hooks.append(_selector(config, data_cfg, tokenizer, output_dir, reference, model_files))
     tick = time.perf_counter()
     result = train(model, data, method, train_cfg, output_dir, reference_model=reference, hooks=hooks,
                    resume=resume)
@@ -162,9 +160,8 @@ def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: li
     return RunResult(output_dir, summary, paths, metrics)
 
 
-def _selector(config: RunConfig, data_cfg, tokenizer, output_dir: Path, reference):
+def _selector(config: RunConfig, data_cfg, tokenizer, output_dir: Path, reference, model_files):
     """Validation every `select.every` steps with a cheap copy of the eval section (or `select.eval`)."""
-    from unlearn.evaluation.cache import model_fingerprint
     from unlearn.evaluation.runner import Evaluator
     from unlearn.training.select import SelectConfig, Selector
 
@@ -180,11 +177,9 @@ def _selector(config: RunConfig, data_cfg, tokenizer, output_dir: Path, referenc
         eval_raw["max_rows"] = min(eval_raw.get("max_rows") or 16, 16)
     evaluator = Evaluator(eval_raw, tokenizer, data_cfg, output_dir / "validation")
 
-    files = model_fingerprint(config.model.name, config.model.dtype)
-
     def validate(model, step: int) -> dict[str, float]:
         if step == 0:  # the original model (adapters still zero, or the untouched full model)
-            return evaluator.evaluate_original(model, files)
+            return evaluator.evaluate_original(model, model_files)
         return evaluator.evaluate(model, stage=f"step-{step}", reference_model=reference)
 
     return Selector(select, validate, output_dir)
