@@ -66,12 +66,15 @@ def test_compare_writes_leaderboard_and_frontier(compare_config, tmp_path):
     assert rows["npo"]["weights"] == {"npo": 1.0, "retain_nll": 1.0}
 
     markdown = (out / "leaderboard.md").read_text()
-    table = [line for line in markdown.split("Settings per method")[0].splitlines() if line.startswith("| ")]
+    table = [line for line in markdown.split("![")[0].splitlines() if line.startswith("| ")]
     assert "leak_rate@forget ↓" in table[0] and "similarity_to_original@normal ↑" in table[0]
     assert table[2].startswith("| original (before) | ") and len(table) == 2 + 1 + 3  # header, rule, original, 3 methods
     assert "| paper | forget_ga 0.5, mismatch 1, kl_to_original 1 | 0.001 | 2 |" in markdown  # weights, lr, kept step
     assert "failed: MethodError" in table[-1] and "![" in markdown and "(frontier.png)" in markdown
     assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert board["frontier"][0] == {"utility_floor": 1.0, "forget": board["before"]["leak_rate@forget"],
+                                    "method": "original"}
+    assert "| similarity_to_original@normal at least | best leak_rate@forget | method |" in markdown
 
     again = CliRunner().invoke(app, ["compare", str(compare_config), "--methods", "npo", "--output-dir", str(out)])
     assert again.exit_code == 2 and "already holds a comparison" in again.output
@@ -137,3 +140,44 @@ def test_compare_needs_an_eval_section_and_known_methods(compare_config, tmp_pat
     (tmp_path / "z" / "leaderboard.json").write_text("{}")
     with pytest.raises(OutputDirError):
         compare(compare_config, ["npo"], tmp_path / "z")
+
+
+def test_variants_sweep_one_method_under_labels_of_their_own(compare_config):
+    raw = yaml.safe_load(compare_config.read_text())
+    raw["compare"] = {"idk-kl10": {"name": "idk", "weights": {"kl_to_original": 10.0}, "lr": 3e-4},
+                      "idk": {"weights": {"kl_to_original": 2.0}}}
+    config = load_config(raw=raw)
+    variant, plain = method_config(config, "idk-kl10"), method_config(config, "idk")
+    assert variant.method.name == plain.method.name == "idk" and variant.train.lr == 3e-4
+    assert resolve_method(variant.method).weights == {"forget_ga": 0.5, "mismatch": 1.0, "kl_to_original": 10.0}
+    assert resolve_method(plain.method).weights["kl_to_original"] == 2.0
+    with pytest.raises(InputError, match=r"unknown method 'idk-kl3'; known: .* or a variant .*idk-kl10"):
+        method_config(config, "idk-kl3")
+    for bad, message in (({"idk-kl3": {"weights": {}}}, "idk-kl3: not a method name, so it is a variant and needs name:"),
+                         ({"x": {"name": "nope"}}, "x.name: unknown method 'nope'"),
+                         ({"a/b": {"name": "idk"}}, "a variant's label is also its folder name")):
+        raw["compare"] = bad
+        with pytest.raises(ConfigError, match=message):
+            load_config(raw=raw)
+
+
+def test_frontier_table_is_the_best_forget_value_at_each_utility_floor():
+    from unlearn.compare import frontier_steps
+
+    def row(name, leak, similarity):
+        return {"method": name, "after": {"leak_rate@forget": leak, "similarity_to_original@normal": similarity}}
+
+    board = {"forget_metric": "leak_rate@forget", "utility_metric": "similarity_to_original@normal",
+             "before": {"leak_rate@forget": 0.9},
+             "rows": [row("a", 0.5, 0.95), row("b", 0.6, 0.90), row("c", 0.1, 0.70), row("d", 0.0, 0.40),
+                      row("e", 0.1, 0.60), {"method": "f", "status": "failed"}]}
+    # b is dominated by a, e by c: the floors are the original's 1.0, then a, c and d
+    assert frontier_steps(board) == [
+        {"utility_floor": 1.0, "forget": 0.9, "method": "original"},
+        {"utility_floor": 0.95, "forget": 0.5, "method": "a"},
+        {"utility_floor": 0.70, "forget": 0.1, "method": "c"},
+        {"utility_floor": 0.40, "forget": 0.0, "method": "d"}]
+    perplexity = {**board, "utility_metric": "perplexity@normal", "before": {"leak_rate@forget": 0.9, "perplexity@normal": 10.0},
+                  "rows": [{"method": "a", "after": {"leak_rate@forget": 0.2, "perplexity@normal": 12.0}},
+                           {"method": "b", "after": {"leak_rate@forget": 0.3, "perplexity@normal": 11.0}}]}
+    assert [s["method"] for s in frontier_steps(perplexity)] == ["original", "b", "a"]  # lower perplexity first

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from unlearn.config import ConfigError, MethodConfig, RunConfig, load_config
 from unlearn.evaluation.config import EvalConfig, parse_eval_config
 from unlearn.io import atomic_write_json, atomic_write_text
-from unlearn.objectives.methods import METHODS, resolve_method
+from unlearn.objectives.methods import METHODS, MethodError, resolve_method
 from unlearn.report.build import duration
 from unlearn.report.metrics import arrow, direction, fmt
 from unlearn.report.plots import BEFORE, DPI, SERIES, STYLE
@@ -79,20 +79,25 @@ def choose_metrics(eval_cfg: EvalConfig, forget_metric: str | None = None,
     return Columns(forget, utility)
 
 
-def method_config(config: RunConfig, name: str) -> RunConfig:
-    """The config for one method. The config's own method runs as written; another method keeps the
-    `method:` knobs except `weights` (they name one method's objectives) and the knobs it has its own
-    paper default for (npo_beta 0.1 for NPO is not SimNPO's 2.5; mismatch_k 5 random answers for the
-    paper is not idk's one refusal per forget row). `compare.<name>` in the config sets that method's
-    knobs (weights merged key by key) and, with `lr`, its learning rate; steps and data stay shared."""
-    resolve_method(MethodConfig(name=name))  # an unknown name fails here, listing the known ones
+def method_config(config: RunConfig, label: str) -> RunConfig:
+    """The config for one method or variant. The config's own method runs as written; another method
+    keeps the `method:` knobs except `weights` (they name one method's objectives) and the knobs it has
+    its own paper default for (npo_beta 0.1 for NPO is not SimNPO's 2.5; mismatch_k 5 random answers for
+    the paper is not idk's one refusal per forget row). `compare.<label>` in the config sets that
+    method's knobs (weights merged key by key) and, with `lr`, its learning rate; steps and data stay
+    shared. A label that is not a method name is a variant: its `name` says which method it runs, so
+    one comparison can sweep a grid (idk-kl10, idk-kl30, ...)."""
+    extra = (config.compare or {}).get(label)
+    name = extra.name if extra is not None and "name" in extra.model_fields_set else label
+    if name not in METHODS:
+        variants = f" or a variant of the config's compare: section ({', '.join(config.compare)})" if config.compare else ""
+        raise MethodError(f"--methods: unknown method {label!r}; known: {', '.join(sorted(METHODS))}{variants}")
     own = config.method
     if name == own.name:
         knobs = own.model_dump(exclude_unset=True)
     else:
         kept = own.model_fields_set - {"name", "weights"} - set(METHODS[name].defaults)
         knobs = {k: getattr(own, k) for k in kept}
-    extra = (config.compare or {}).get(name)
     train = config.train
     if extra is not None:
         extra = extra.model_dump(exclude_unset=True)
@@ -143,6 +148,7 @@ def compare(config_path: str | Path, methods: list[str], output_dir: str | Path,
         rows.append(_run_method(name, configs[name], output_dir / name, overwrite))
         board["before"] = next((r["before"] for r in rows if r.get("before")), {})
         board["rows"] = _rank(rows, board["before"], columns)
+        board["frontier"] = frontier_steps(board)
         board["total_seconds"] = round(time.perf_counter() - started, 2)
         _write(board, output_dir)  # a comparison stopped midway keeps the finished methods
     board["complete"] = True
@@ -213,6 +219,22 @@ def _rank(rows: list[dict], before: dict, columns: Columns) -> list[dict]:
     return [rows[i] for i in order]
 
 
+def frontier_steps(board: dict) -> list[dict]:
+    """The frontier as a table: for each utility floor a frontier point sets, the best forget value
+    reachable without going below it (best utility first; the original model included)."""
+    x, y = board["forget_metric"], board["utility_metric"]
+    points = [(ORIGINAL, original_value(board["before"], x), original_value(board["before"], y))]
+    points += [(r["method"], r["after"].get(x), r["after"].get(y)) for r in board["rows"] if r.get("after")]
+    points = [(name, fx, fy) for name, fx, fy in points
+              if _goodness(x, fx, True) is not None and _goodness(y, fy, False) is not None]
+    steps, best = [], None
+    for name, fx, fy in sorted(points, key=lambda p: (-_goodness(y, p[2], False), -_goodness(x, p[1], True))):
+        if best is None or _goodness(x, fx, True) > best:
+            best = _goodness(x, fx, True)
+            steps.append({"utility_floor": fy, "forget": fx, "method": name})
+    return steps
+
+
 def _write(board: dict, output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     plot = frontier_plot(board)
@@ -263,6 +285,11 @@ def leaderboard_markdown(board: dict, with_plot: bool) -> str:
     ]
     if with_plot:
         lines += [f"![{x} against {y}, one point per method](frontier.png)", ""]
+    if board.get("frontier"):
+        bound = "at most" if _goodness(y, 1.0, False) < 0 else "at least"
+        lines += [f"The frontier as a table: the best `{x}` reachable with `{y}` {bound} each value:", "",
+                  f"| {y} {bound} | best {x} | method |", "| ---: | ---: | --- |",
+                  *(f"| {fmt(s['utility_floor'])} | {fmt(s['forget'])} | {s['method']} |" for s in board["frontier"]), ""]
     ran = [r for r in board["rows"] if r["status"] != "failed"]
     if ran:
         lines += ["Settings per method (objective weights, learning rate, the step selection kept):", "",

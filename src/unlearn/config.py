@@ -200,15 +200,29 @@ class RunConfig(_Strict):
     output: OutputConfig = OutputConfig()
     eval: dict[str, Any] | None = None
     select: dict[str, Any] | None = None
-    # `unlearn compare` only: method knobs (and lr) per method name, e.g. {idk: {weights: {kl_to_original: 3}}}
+    # `unlearn compare` only: method knobs (and lr) per method name, e.g. {idk: {weights: {kl_to_original: 3}}},
+    # or per variant: a label of your own with the method in `name`, e.g. {idk-kl30: {name: idk, ...}}
     compare: dict[str, CompareMethod] | None = None
 
     @field_validator("compare")
     @classmethod
     def _compare(cls, value):
-        for name, knobs in (value or {}).items():
-            if "name" in knobs.model_fields_set and knobs.name != name:
-                raise ValueError(f"{name}.name: {knobs.name!r} differs from the method it configures; leave it out")
+        from unlearn.objectives.methods import METHODS
+
+        for label, knobs in (value or {}).items():
+            if label in METHODS:
+                if "name" in knobs.model_fields_set and knobs.name != label:
+                    raise ValueError(f"{label}.name: {knobs.name!r} differs from the method it configures; "
+                                     "leave it out, or give the variant a label of its own")
+                continue
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", label):
+                raise ValueError(f"{label!r}: a variant's label is also its folder name: use letters, digits "
+                                 "and . _ + - only")
+            if "name" not in knobs.model_fields_set:
+                raise ValueError(f"{label}: not a method name, so it is a variant and needs name: (one of "
+                                 f"{', '.join(sorted(METHODS))})")
+            if knobs.name not in METHODS:
+                raise ValueError(f"{label}.name: unknown method {knobs.name!r}; known: {', '.join(sorted(METHODS))}")
         return value
 
     @field_validator("eval")
