@@ -82,8 +82,11 @@ def test_override_without_equals_sign(run_config, tmp_path):
      ["eval", "judge.kind: Input should be 'embedding', 'reward' or 'classifier'"]),
     ('eval={"tasks": [{"name": "harmfull"}]}', ["expected tags: 'harmful', 'leak'"]),
     ('data.template="Q: {prompt} {context} A: {response}"', ["data.template", "template must be"]),
+    ('select={"eval": {"tasks": [{"name": "hallucination"}]}}',
+     ["select: eval: tasks.0.hallucination: forget: required key is missing (or give unseen:)"]),
 ], ids=["unknown-method", "unknown-objective", "negative-weight", "non-numeric-weight", "infinite-weight",
-        "negative-source-weight", "unknown-judge", "unknown-eval-task", "template-with-unknown-field"])
+        "negative-source-weight", "unknown-judge", "unknown-eval-task", "template-with-unknown-field",
+        "bad-validation-task"])
 def test_unknown_names_and_bad_weights(override, fragments, run_config, tmp_path):
     result = cli("run", write_config(tmp_path, run_config), "-o", tmp_path / "out", "--set", override)
     assert_input_error(result, *fragments)

@@ -237,6 +237,18 @@ class RunConfig(_Strict):
                 raise ValueError(str(exc).removeprefix("eval: ")) from None
         return value
 
+    @field_validator("select")
+    @classmethod
+    def _select(cls, value):
+        if isinstance(value, dict) and isinstance(value.get("eval"), dict):  # fails at load time, like eval:
+            from unlearn.evaluation.config import parse_eval_config
+
+            try:
+                parse_eval_config(value["eval"])
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
     @model_validator(mode="after")
     def _lora_save(self):
         if self.model.lora is None and self.output.save in ("adapter", "both"):

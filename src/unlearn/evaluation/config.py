@@ -117,8 +117,15 @@ class HallucinationTask(_Task):
     metrics: ClassVar = ("hallucination_rate",)
     headline: ClassVar = "hallucination_rate"
     name: Literal["hallucination"]
-    forget: AnswerSource
+    forget: AnswerSource | None = None
     unseen: AnswerSource | None = None
+
+    @model_validator(mode="after")
+    def _some_questions(self):
+        if self.forget is None and self.unseen is None:
+            raise ValueError("forget: required key is missing (or give unseen:); the hallucination task has no "
+                             "default questions")
+        return self
 
 
 class ContainsTask(_Task):
