@@ -79,6 +79,22 @@ def test_compare_writes_leaderboard_and_frontier(compare_config, tmp_path):
     again = CliRunner().invoke(app, ["compare", str(compare_config), "--methods", "npo", "--output-dir", str(out)])
     assert again.exit_code == 2 and "already holds a comparison" in again.output
 
+    # the same runs collected afterwards (`unlearn leaderboard`) give the same rows and frontier
+    collected = CliRunner().invoke(app, ["leaderboard", str(out / "paper"), str(out / "npo"), "-o", str(tmp_path / "lb")])
+    assert collected.exit_code == 0, collected.output
+    gathered = json.loads((tmp_path / "lb" / "leaderboard.json").read_text())
+    ran = {r["method"]: (r["after"], r["frontier"]) for r in board["rows"] if r["method"] != "rmu"}
+    assert {r["method"]: (r["after"], r["frontier"]) for r in gathered["rows"]} == ran
+    assert gathered["frontier"] == board["frontier"] and gathered["before"] == board["before"]
+    assert "(../cmp/paper/report.md)" in (tmp_path / "lb" / "leaderboard.md").read_text()
+    other = yaml.safe_load((out / "npo" / "config.yaml").read_text())
+    other["eval"]["max_rows"] = 2
+    (out / "npo" / "config.yaml").write_text(yaml.safe_dump(other))
+    mixed = CliRunner().invoke(app, ["leaderboard", str(out / "paper"), str(out / "npo"), "-o", str(tmp_path / "lb2")])
+    assert mixed.exit_code == 2 and "npo: evaluated with another eval: section than paper" in mixed.output
+    missing = CliRunner().invoke(app, ["leaderboard", str(out / "rmu"), "-o", str(tmp_path / "lb3")])
+    assert missing.exit_code == 2 and "rmu: no config.yaml; not a finished `unlearn run` output folder" in missing.output
+
 
 def test_metric_choice_follows_the_eval_tasks(compare_config, tmp_path):
     config = load_config(compare_config)

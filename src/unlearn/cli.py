@@ -1,4 +1,4 @@
-"""Command line: `unlearn run | eval | report | demo | finetune | compare`."""
+"""Command line: `unlearn run | eval | report | demo | finetune | compare | leaderboard`."""
 from __future__ import annotations
 
 import functools
@@ -188,6 +188,24 @@ def compare_command(config: Path = typer.Argument(...),
         print(f"error: {len(failed)} of {len(board['rows'])} methods failed ({', '.join(failed)}; see "
               f"{output_dir / 'leaderboard.json'})", file=sys.stderr)
         raise typer.Exit(1)
+
+
+@app.command("leaderboard")
+@guarded
+def leaderboard_command(runs: list[Path] = typer.Argument(..., help="Finished `unlearn run` output folders."),
+                        output_dir: Path = typer.Option(..., "--output-dir", "-o"),
+                        overwrite: bool = typer.Option(False, "--overwrite"),
+                        forget_metric: Optional[str] = typer.Option(
+                            None, "--forget-metric", help="Plotted forget metric, e.g. harmful_rate@unseen."),
+                        utility_metric: Optional[str] = typer.Option(
+                            None, "--utility-metric", help="Plotted utility metric, e.g. similarity_to_original@normal.")):
+    """Leaderboard and frontier (plot and table) of runs made separately, evaluated the same way."""
+    from unlearn.compare import collect, leaderboard_table
+    from unlearn.ui import console
+
+    board = collect(runs, output_dir, forget_metric, utility_metric, overwrite)
+    console.print(leaderboard_table(board))
+    console.print(f"  leaderboard: {output_dir / 'leaderboard.md'}, {output_dir / 'leaderboard.json'}")
 
 
 if __name__ == "__main__":

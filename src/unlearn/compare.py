@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import math
+import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -164,6 +165,57 @@ def compare(config_path: str | Path, methods: list[str], output_dir: str | Path,
     return board
 
 
+def collect(run_dirs: list[str | Path], output_dir: str | Path, forget_metric: str | None = None,
+            utility_metric: str | None = None, overwrite: bool = False) -> dict:
+    """A leaderboard from finished `unlearn run` folders (runs made separately: a sweep over several
+    sessions or machines). Every run must have been evaluated with the same `eval:` section; a row
+    is labelled with its folder's name. Writes and returns what `compare` would."""
+    from unlearn.run import OutputDirError
+
+    folders = [Path(d) for d in dict.fromkeys(str(d) for d in run_dirs)]
+    if not folders:
+        raise ConfigError("name at least one run folder")
+    output_dir = Path(output_dir)
+    if (output_dir / "leaderboard.json").exists() and not overwrite:
+        raise OutputDirError(f"{output_dir}: already holds a comparison (leaderboard.json); pass --overwrite to "
+                             "replace it")
+    labels = [f.name if [g.name for g in folders].count(f.name) == 1 else f"{f.parent.name}/{f.name}" for f in folders]
+    rows, sections = [], {}
+    for label, folder in zip(labels, folders):
+        for needed in ("config.yaml", "metrics.json", "summary.json"):
+            if not (folder / needed).is_file():
+                raise ConfigError(f"{folder}: no {needed}; not a finished `unlearn run` output folder")
+        config = load_config(folder / "config.yaml")
+        if not config.eval:
+            raise ConfigError(f"{folder / 'config.yaml'}: the run has no eval: section to compare it by")
+        sections[label] = config.eval
+        metrics = json.loads((folder / "metrics.json").read_text())
+        summary = json.loads((folder / "summary.json").read_text())
+        if not metrics.get("after"):
+            raise ConfigError(f"{folder / 'metrics.json'}: no 'after' metrics (the run did not finish its evaluation)")
+        rows.append({"method": label, "output_dir": str(folder), "error": None,
+                     "status": "diverged" if summary.get("diverged") else "ok",
+                     "after": metrics["after"], "before": metrics.get("before", {}), "steps": summary["steps"],
+                     "max_steps": summary["max_steps"], "stop_reason": summary.get("stop_reason"),
+                     "train_seconds": summary.get("train_seconds"), "wall_seconds": summary.get("total_seconds", 0.0),
+                     "weights": summary.get("weights", {}), "lr": config.train.lr, "selection": summary.get("selection")})
+    first = labels[0]
+    for label, section in sections.items():
+        if section != sections[first]:
+            raise ConfigError(f"{label}: evaluated with another eval: section than {first}; runs are comparable "
+                              "only on the same evaluation")
+    columns = choose_metrics(parse_eval_config(sections[first]), forget_metric, utility_metric)
+    board = {"config": ", ".join(str(f / "config.yaml") for f in folders), "methods": labels,
+             "forget_metric": columns.x, "utility_metric": columns.y, "forget_metrics": columns.forget,
+             "utility_metrics": columns.utility, "max_steps": max(r["max_steps"] for r in rows),
+             "before": rows[0]["before"], "rows": _rank(rows, rows[0]["before"], columns), "complete": True,
+             "total_seconds": round(sum(r["wall_seconds"] or 0.0 for r in rows), 2), "collected": True,
+             "output_dir": str(output_dir)}
+    board["frontier"] = frontier_steps(board)
+    _write(board, output_dir)
+    return board
+
+
 def _run_method(name: str, config: RunConfig, folder: Path, overwrite: bool) -> dict:
     from unlearn.run import run
 
@@ -275,8 +327,10 @@ def leaderboard_markdown(board: dict, with_plot: bool) -> str:
     x, y = board["forget_metric"], board["utility_metric"]
     lines = [
         "# Method comparison", "",
-        f"Config `{board['config']}`: every method ran on the same data, with the same training budget "
-        f"({board['max_steps']} steps) and the same `eval:` section.",
+        (f"Collected from finished runs (`unlearn leaderboard`), all evaluated with the same `eval:` section; "
+         f"their configs: {', '.join(f'`{c}`' for c in board['config'].split(', '))}." if board.get("collected") else
+         f"Config `{board['config']}`: every method ran on the same data, with the same training budget "
+         f"({board['max_steps']} steps) and the same `eval:` section."),
         f"Sorted by `{x}`; ★ marks the frontier: no other method, nor the original model, is at least as good "
         f"on both `{x}` and `{y}` and better on one.", "",
         "| " + " | ".join(header) + " |",
@@ -300,12 +354,19 @@ def leaderboard_markdown(board: dict, with_plot: bool) -> str:
             lines.append(f"| {r['method']} | {weights} | {r['lr']:g} | {kept} |" if r.get("lr") is not None
                          else f"| {r['method']} | {weights} | — | {kept} |")
         lines.append("")
-    reports = [f"[{r['method']}]({r['method']}/report.md)" for r in board["rows"] if r["status"] != "failed"]
+    reports = [f"[{r['method']}]({_report_link(r, board)})" for r in board["rows"] if r["status"] != "failed"]
     lines += [f"Total wall time: {duration(board['total_seconds'])}."
               + (" Per-method reports: " + ", ".join(reports) + "." if reports else ""), ""]
     if not board.get("complete"):
         lines.insert(2, "**Incomplete: the comparison is still running or was stopped.**\n")
     return "\n".join(lines)
+
+
+def _report_link(row: dict, board: dict) -> str:
+    """A method's report.md: in its folder under the comparison, or (collected runs) wherever the run is."""
+    if not board.get("collected") or not board.get("output_dir"):
+        return f"{row['method']}/report.md"
+    return Path(os.path.relpath(Path(row["output_dir"]).resolve() / "report.md", Path(board["output_dir"]).resolve())).as_posix()
 
 
 def frontier_plot(board: dict) -> bytes | None:
