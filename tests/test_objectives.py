@@ -58,6 +58,27 @@ def test_kl_of_known_distributions():
     assert loss("kl_to_original", same) == pytest.approx(0.0, abs=1e-7)
 
 
+def test_kl_at_the_first_answer_tokens_of_each_row():
+    from unlearn.objectives.registry import token_index_in_row
+
+    assert token_index_in_row(torch.tensor([0, 0, 0, 2, 2, 3, 5, 5])).tolist() == [0, 1, 2, 0, 1, 0, 0, 1]
+    # two normal rows: 3 tokens and 1 token; per-token KLs a, 0, b (row 1) and c (row 2)
+    p = torch.tensor([[0.5, 0.25, 0.25], [0.2, 0.3, 0.5], [0.6, 0.2, 0.2], [0.1, 0.1, 0.8]])
+    q = torch.tensor([[0.8, 0.1, 0.1], [0.2, 0.3, 0.5], [0.2, 0.4, 0.4], [0.3, 0.3, 0.4]])
+    kl = [float((row_p * (row_p / row_q).log()).sum()) for row_p, row_q in zip(p, q)]
+    a, b, c = kl[0], kl[2], kl[3]
+    assert kl[1] == pytest.approx(0.0, abs=1e-7) and min(a, b, c) > 0
+
+    def passes(full):
+        return Pass(torch.zeros(6), torch.tensor([0, 1, 1, 1, 2, 3]), ["forget", "normal", "mismatch", "normal"],
+                    {"normal": full})
+    out = StepOutputs(passes(q.log()), passes(p.log()))
+    assert loss("kl_first_tokens", out, kl_tokens=1) == pytest.approx((a + c) / 2, abs=1e-6)  # first token of each row
+    assert loss("kl_first_tokens", out, kl_tokens=2) == pytest.approx((a + 0 + c) / 3, abs=1e-6)
+    assert loss("kl_first_tokens", out, kl_tokens=4) == pytest.approx(loss("kl_to_original", out), abs=1e-7)
+    assert loss("kl_to_original", out) == pytest.approx((a + b + c) / 4, abs=1e-6)
+
+
 def test_npo_with_known_sequence_logps():
     current = hand_pass()  # forget sequence log-probs: -4, -0.5
     reference = Pass(torch.tensor([-2.0, -1.0, -0.5]), torch.tensor([0, 0, 1]), ["forget", "forget"], {})

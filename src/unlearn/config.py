@@ -151,6 +151,7 @@ class MethodConfig(_Strict):
     npo_beta: float = Field(0.1, gt=0)
     simnpo_gamma: float = 0.0
     refusals: list[str] | None = None
+    kl_tokens: int = Field(4, gt=0)  # kl_first_tokens: how many answer tokens per normal row
     rmu_layer: int | None = None
     rmu_steering: float = Field(6.5, gt=0)
 

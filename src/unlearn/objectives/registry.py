@@ -69,6 +69,28 @@ def kl_to_original(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
     return (original.exp() * (original - current)).sum(-1).mean()
 
 
+def token_index_in_row(position_row: torch.Tensor) -> torch.Tensor:
+    """0, 1, 2, ... along each row's answer positions (positions are row-major)."""
+    where = torch.arange(len(position_row), device=position_row.device)
+    starts = torch.ones_like(position_row, dtype=torch.bool)
+    starts[1:] = position_row[1:] != position_row[:-1]
+    return where - torch.where(starts, where, torch.zeros_like(where)).cummax(0).values
+
+
+@objective("kl_first_tokens", ("normal",), lambda m: Needs(full_logprobs={"normal"}, reference_full={"normal"}))
+def kl_first_tokens(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
+    """KL(p_original || p_current) at the first `kl_tokens` answer tokens of each normal row only,
+    averaged over those. Whether a model answers, refuses or abstains is decided there; the
+    whole-answer KL averages that decision with every later token of the answer."""
+    current = out.current.full_logprobs["normal"]
+    original = out.reference.full_logprobs["normal"]
+    if not current.numel():
+        return current.new_zeros(())
+    rows = out.current.position_row[out.current._positions("normal")]
+    first = token_index_in_row(rows) < method.kl_tokens
+    return (original.exp() * (original - current)).sum(-1)[first].mean()
+
+
 @objective("npo", ("forget",), lambda m: Needs(reference_logps={"forget"}))
 def npo(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
     """Negative preference optimisation (Zhang et al. 2024): -(2/beta) * mean log sigmoid(
