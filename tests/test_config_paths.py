@@ -25,3 +25,18 @@ def test_paths_relative_to_the_config_file_become_absolute(tiny_llama, qa_files,
     assert config.select["eval"]["tasks"][0]["normal"]["path"] == str(qa_files["normal"].resolve())
     saved = yaml.safe_load(dump_config(config))
     assert all(Path(p).is_absolute() for p in (saved["data"]["forget"]["path"], saved["data"]["normal"][0]["path"]))
+
+
+def test_a_local_model_folder_is_found_beside_the_config(tiny_llama, qa_files, tmp_path, monkeypatch):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "llama").symlink_to(Path(tiny_llama).resolve(), target_is_directory=True)
+    raw = base_config(tiny_llama, qa_files)
+    raw["model"]["name"] = "../models/llama"
+    (folder / "run.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir("/")  # from here "../models/llama" names nothing; beside the config it does
+    assert load_config(folder / "run.yaml").model.name == str(Path(tiny_llama).resolve())
+    raw["model"]["name"] = "smollm2-135m-instruct"  # an alias stays an alias
+    (folder / "alias.yaml").write_text(yaml.safe_dump(raw))
+    assert load_config(folder / "alias.yaml").model.name == "smollm2-135m-instruct"

@@ -347,9 +347,9 @@ def _deep_copy(raw):
 
 
 def _resolve_paths(raw: dict, base: Path) -> None:
-    """Data paths in a config file are relative to the file, so configs travel with their data (a
-    path that exists from the working directory is taken from there). Found paths become absolute,
-    so the run's saved config.yaml works from anywhere."""
+    """Data paths (and a local model.name) in a config file are relative to the file, so configs travel
+    with their data (a path that exists from the working directory is taken from there). Found paths
+    become absolute, so the run's saved config.yaml works from anywhere."""
     data = raw.get("data")
     sources = []
     if isinstance(data, dict):
@@ -369,6 +369,9 @@ def _resolve_paths(raw: dict, base: Path) -> None:
             sources.append(judge)
             for key in ("harmful", "safe"):
                 sources += judge[key] if isinstance(judge.get(key), list) else [judge.get(key)]
+    model = raw.get("model")
+    if isinstance(model, dict) and isinstance(model.get("name"), str):  # a local model folder or .gguf
+        sources.append({"path": model["name"], "_model": model})
     for source in sources:
         if isinstance(source, dict) and isinstance(source.get("path"), str):
             candidate = Path(source["path"]).expanduser()
@@ -376,7 +379,10 @@ def _resolve_paths(raw: dict, base: Path) -> None:
                 continue
             for found in (candidate, base / candidate):
                 if found.exists():
-                    source["path"] = str(found.resolve())
+                    if "_model" in source:  # an alias or hub id that names no file is left as it is
+                        source["_model"]["name"] = str(found.resolve())
+                    else:
+                        source["path"] = str(found.resolve())
                     break
 
 
