@@ -91,7 +91,8 @@ def method_config(config: RunConfig, label: str) -> RunConfig:
     extra = (config.compare or {}).get(label)
     name = extra.name if extra is not None and "name" in extra.model_fields_set else label
     if name not in METHODS:
-        variants = f" or a variant of the config's compare: section ({', '.join(config.compare)})" if config.compare else ""
+        variants = (f" or a variant of the config's compare: section ({', '.join(config.compare)})"
+                    if config.compare else "")
         raise MethodError(f"--methods: unknown method {label!r}; known: {', '.join(sorted(METHODS))}{variants}")
     own = config.method
     if name == own.name:
@@ -193,12 +194,7 @@ def collect(run_dirs: list[str | Path], output_dir: str | Path, forget_metric: s
         summary = json.loads((folder / "summary.json").read_text())
         if not metrics.get("after"):
             raise ConfigError(f"{folder / 'metrics.json'}: no 'after' metrics (the run did not finish its evaluation)")
-        rows.append({"method": label, "output_dir": str(folder), "error": None,
-                     "status": "diverged" if summary.get("diverged") else "ok",
-                     "after": metrics["after"], "before": metrics.get("before", {}), "steps": summary["steps"],
-                     "max_steps": summary["max_steps"], "stop_reason": summary.get("stop_reason"),
-                     "train_seconds": summary.get("train_seconds"), "wall_seconds": summary.get("total_seconds", 0.0),
-                     "weights": summary.get("weights", {}), "lr": config.train.lr, "selection": summary.get("selection")})
+        rows.append(_finished_row(label, folder, summary, metrics, config.train.lr, summary.get("total_seconds", 0.0)))
     first = labels[0]
     for label, section in sections.items():
         if section != sections[first]:
@@ -229,13 +225,17 @@ def _run_method(name: str, config: RunConfig, folder: Path, overwrite: bool) -> 
         log.debug("%s", traceback.format_exc())
         return {**row, "status": "failed", "error": f"{type(exc).__name__}: {message}".rstrip(": "),
                 "wall_seconds": round(time.perf_counter() - tick, 2)}
-    summary = result.summary
     metrics = json.loads((folder / "metrics.json").read_text())
-    return {**row, "status": "diverged" if summary.get("diverged") else "ok", "error": None,
-            "after": metrics.get("after", {}), "before": metrics.get("before", {}),
-            "steps": summary["steps"], "max_steps": summary["max_steps"], "stop_reason": summary["stop_reason"],
-            "train_seconds": summary["train_seconds"], "wall_seconds": round(time.perf_counter() - tick, 2),
-            "weights": summary["weights"], "lr": config.train.lr, "selection": summary.get("selection")}
+    return _finished_row(name, folder, result.summary, metrics, config.train.lr, round(time.perf_counter() - tick, 2))
+
+
+def _finished_row(name: str, folder: Path, summary: dict, metrics: dict, lr: float, wall_seconds: float) -> dict:
+    """A leaderboard row from a run's summary.json and metrics.json."""
+    return {"method": name, "output_dir": str(folder), "status": "diverged" if summary.get("diverged") else "ok",
+            "error": None, "after": metrics.get("after", {}), "before": metrics.get("before", {}),
+            "steps": summary["steps"], "max_steps": summary["max_steps"], "stop_reason": summary.get("stop_reason"),
+            "train_seconds": summary.get("train_seconds"), "wall_seconds": wall_seconds,
+            "weights": summary.get("weights", {}), "lr": lr, "selection": summary.get("selection")}
 
 
 def original_value(before: dict, name: str) -> float | None:
@@ -343,7 +343,8 @@ def leaderboard_markdown(board: dict, with_plot: bool) -> str:
         bound = "at most" if _goodness(y, 1.0, False) < 0 else "at least"
         lines += [f"The frontier as a table: the best `{x}` reachable with `{y}` {bound} each value:", "",
                   f"| {y} {bound} | best {x} | method |", "| ---: | ---: | --- |",
-                  *(f"| {fmt(s['utility_floor'])} | {fmt(s['forget'])} | {s['method']} |" for s in board["frontier"]), ""]
+                  *(f"| {fmt(step['utility_floor'])} | {fmt(step['forget'])} | {step['method']} |"
+                    for step in board["frontier"]), ""]
     ran = [r for r in board["rows"] if r["status"] != "failed"]
     if ran:
         lines += ["Settings per method (objective weights, learning rate, the step selection kept):", "",
@@ -366,7 +367,8 @@ def _report_link(row: dict, board: dict) -> str:
     """A method's report.md: in its folder under the comparison, or (collected runs) wherever the run is."""
     if not board.get("collected") or not board.get("output_dir"):
         return f"{row['method']}/report.md"
-    return Path(os.path.relpath(Path(row["output_dir"]).resolve() / "report.md", Path(board["output_dir"]).resolve())).as_posix()
+    report = Path(row["output_dir"]).resolve() / "report.md"
+    return Path(os.path.relpath(report, Path(board["output_dir"]).resolve())).as_posix()
 
 
 def frontier_plot(board: dict) -> bytes | None:
