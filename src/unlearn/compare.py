@@ -120,7 +120,6 @@ def compare(config_path: str | Path, methods: list[str], output_dir: str | Path,
     """Run every method with the same config, data, budget and eval section; write the leaderboard
     files into `output_dir` and return leaderboard.json's content."""
     from unlearn.preflight import preflight
-    from unlearn.run import OutputDirError
 
     started = time.perf_counter()
     config = load_config(config_path, overrides)
@@ -130,10 +129,7 @@ def compare(config_path: str | Path, methods: list[str], output_dir: str | Path,
     methods = list(dict.fromkeys(methods))
     if not methods:
         raise ConfigError("--methods: name at least one method")
-    output_dir = Path(output_dir)
-    if (output_dir / "leaderboard.json").exists() and not overwrite:
-        raise OutputDirError(f"{output_dir}: already holds a comparison (leaderboard.json); pass --overwrite to "
-                             "replace it")
+    output_dir = _board_folder(output_dir, overwrite)
     configs = {name: method_config(config, name) for name in methods}
     for name, method_cfg in configs.items():  # every input error before any model is loaded
         preflight(method_cfg, output_dir / name, overwrite=overwrite)
@@ -171,15 +167,10 @@ def collect(run_dirs: list[str | Path], output_dir: str | Path, forget_metric: s
     """A leaderboard from finished `unlearn run` folders (runs made separately: a sweep over several
     sessions or machines). Every run must have been evaluated with the same `eval:` section; a row
     is labelled with its folder's name. Writes and returns what `compare` would."""
-    from unlearn.run import OutputDirError
-
     folders = [Path(d) for d in dict.fromkeys(str(d) for d in run_dirs)]
     if not folders:
         raise ConfigError("name at least one run folder")
-    output_dir = Path(output_dir)
-    if (output_dir / "leaderboard.json").exists() and not overwrite:
-        raise OutputDirError(f"{output_dir}: already holds a comparison (leaderboard.json); pass --overwrite to "
-                             "replace it")
+    output_dir = _board_folder(output_dir, overwrite)
     labels = [f.name if [g.name for g in folders].count(f.name) == 1 else f"{f.parent.name}/{f.name}" for f in folders]
     rows, sections = [], {}
     for label, folder in zip(labels, folders):
@@ -210,6 +201,16 @@ def collect(run_dirs: list[str | Path], output_dir: str | Path, forget_metric: s
     board["frontier"] = frontier_steps(board)
     _write(board, output_dir)
     return board
+
+
+def _board_folder(output_dir: str | Path, overwrite: bool) -> Path:
+    from unlearn.run import OutputDirError
+
+    output_dir = Path(output_dir)
+    if (output_dir / "leaderboard.json").exists() and not overwrite:
+        raise OutputDirError(f"{output_dir}: already holds a comparison (leaderboard.json); pass --overwrite to "
+                             "replace it")
+    return output_dir
 
 
 def _run_method(name: str, config: RunConfig, folder: Path, overwrite: bool) -> dict:
