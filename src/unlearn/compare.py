@@ -410,6 +410,9 @@ def frontier_plot(board: dict) -> bytes | None:
             for other_x, other in placed:
                 if abs(other_x - px) < 0.15 * span_x:
                     height = max(height, other + 12)
+            for other_x, other_y in groups:  # a marker just right of the point, where the label would cover it
+                if 0 < other_x - px < 0.25 * span_x and abs(other_y * scale - height) < 10:
+                    height = max(height, other_y * scale + 10)
             placed.append((px, height))
             ax.annotate(", ".join(names), (px, py), textcoords="offset points", xytext=(7, height - py * scale),
                         color="#4b5563" if names[0].startswith(ORIGINAL) else "#111827")
