@@ -404,17 +404,21 @@ def frontier_plot(board: dict) -> bytes | None:
         ax.margins(0.15)
         low, high = ax.get_ylim()
         scale = figure.get_figheight() * 72 * 0.8 / (high - low)  # points per y unit (the axes: ~80% of the height)
-        placed: list[tuple[float, float]] = []  # (x, label height in points) of the labels drawn so far
+        left, right = ax.get_xlim()
+        x_scale = figure.get_figwidth() * 72 * 0.85 / (right - left)  # points per x unit
+        placed: list[tuple[float, float, float]] = []  # (x, label height in points, label width in x units)
         for (px, py), names in sorted(groups.items(), key=lambda g: g[0][1]):
+            label = ", ".join(names)
+            width = (7 + 6.5 * len(label)) / x_scale  # labels run right from their point
             height = py * scale + 4
-            for other_x, other in placed:
-                if abs(other_x - px) < 0.15 * span_x:
-                    height = max(height, other + 12)
-            for other_x, other_y in groups:  # a marker just right of the point, where the label would cover it
-                if 0 < other_x - px < 0.25 * span_x and abs(other_y * scale - height) < 10:
+            for other_x, other, other_width in placed:  # a label drawn earlier that this one would overlap
+                if -other_width < px - other_x < width and abs(other - height) < 15:
+                    height = max(height, other + 15)
+            for other_x, other_y in groups:  # a marker this label would cover
+                if 0 < other_x - px < width and abs(other_y * scale - height) < 10:
                     height = max(height, other_y * scale + 10)
-            placed.append((px, height))
-            ax.annotate(", ".join(names), (px, py), textcoords="offset points", xytext=(7, height - py * scale),
+            placed.append((px, height, width))
+            ax.annotate(label, (px, py), textcoords="offset points", xytext=(7, height - py * scale),
                         color="#4b5563" if names[0].startswith(ORIGINAL) else "#111827")
         ax.set_xlabel(f"{x} {arrow(direction(x))}".strip() + _better(x, forget_side=True))
         ax.set_ylabel(f"{y} {arrow(direction(y))}".strip() + _better(y, forget_side=False))
