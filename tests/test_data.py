@@ -230,6 +230,22 @@ def test_mismatch_answers_are_cut_to_max_length():
     assert _rows(data.step_batch(0), "mismatch")[0][0] == [1, 2, 3, 7, 8]
 
 
+def test_guard_rows_pair_each_normal_prompt_with_a_guard_answer():
+    plain = synthetic_data(normal=((6, 1.0),), normal_batch_size=3, mismatch_k=2)
+    guarded = synthetic_data(normal=((6, 1.0),), normal_batch_size=3, mismatch_k=2)
+    guarded.guard_answers = [[900], [901, 902]]
+    for step in range(4):
+        a, b = plain.step_batch(step), guarded.step_batch(step)
+        assert "guard" not in a.row_group
+        for group in ("forget", "mismatch", "normal"):  # the other rows are the same with or without guards
+            assert _rows(a, group) == _rows(b, group)
+        normal, guard = _rows(b, "normal"), _rows(b, "guard")
+        assert len(guard) == len(normal) == 3
+        for (n_ids, _), (g_ids, g_labels) in zip(normal, guard):
+            assert g_ids[:1] == n_ids[:1] and g_ids[1:] in ([900], [901, 902])  # the normal prompt, a guard answer
+            assert g_labels[0] == IGNORE and g_labels[1:len(g_ids)] == g_ids[1:]
+
+
 def test_normal_rows_follow_source_weights_and_visit_every_row():
     data = synthetic_data(normal=((6, 3.0), (6, 1.0)), normal_batch_size=4, mismatch_k=0)
     counts = Counter()

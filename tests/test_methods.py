@@ -166,3 +166,25 @@ def test_every_method_runs_with_lora_and_full_fine_tune(name, lora, tiny_llama, 
     assert ("mismatch_nll" in log[0]) == ("mismatch" in METHODS[name].weights)
     saved = tmp_path / "out" / ("adapter" if lora else "model")
     assert (saved / ("adapter_config.json" if lora else "config.json")).exists()
+
+
+# --- refusal guard -------------------------------------------------------------------------------
+
+def test_refusal_guard_rows_and_loss_in_a_run(tiny_llama, qa_files, tmp_path):
+    _, tokenizer, method, data = method_data(tiny_llama, qa_files, name="idk", weights={"refusal_guard": 2.0})
+    assert set(method.weights) == {"forget_ga", "mismatch", "kl_to_original", "refusal_guard"}
+    guarded = build_data(load_config(raw=base_config(tiny_llama, qa_files)).data, tokenizer, seed=1, batch_size=2,
+                         normal_batch_size=2, mismatch_k=1, mismatch_answers=method.mismatch_answers,
+                         guard_answers=method.mismatch_answers)
+    batch = guarded.step_batch(0)
+    normal, guard = split_rows(batch, "normal"), split_rows(batch, "guard")
+    assert [prompt for prompt, _ in guard] == [prompt for prompt, _ in normal]  # normal prompts ...
+    assert set(answers(tokenizer, guard)) <= set(DEFAULT_REFUSALS)  # ... followed by refusals
+    raw = base_config(tiny_llama, qa_files, max_steps=3, lr=3e-2)
+    raw["method"] = {"name": "idk", "weights": {"refusal_guard": 2.0}}
+    raw["model"]["lora"] = {"r": 2, "alpha": 4}
+    raw["output"] = {"save": "none"}
+    run(load_config(raw=raw), tmp_path / "out")
+    log = read_jsonl(tmp_path / "out" / "train_log.jsonl")
+    assert all("guard_nll" in row and row["loss_refusal_guard"] >= 0.0 for row in log)
+    assert log[0]["loss_refusal_guard"] == pytest.approx(0.0, abs=1e-4)  # step 1: the original model itself

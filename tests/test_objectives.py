@@ -92,6 +92,28 @@ def test_npo_with_known_sequence_logps():
     assert loss("npo", StepOutputs(reference, reference), npo_beta=0.5) == pytest.approx(4 * math.log(2), rel=1e-6)
 
 
+def test_refusal_guard_hinges_the_per_token_gain_over_the_original():
+    # guard rows: a refusal of 2 tokens after one normal prompt, of 1 token after another
+    current = Pass(torch.tensor([-1.0, -0.5, -3.0]), torch.tensor([0, 0, 1]), ["guard", "guard"], {})
+    reference = Pass(torch.tensor([-2.0, -1.5, -2.0]), torch.tensor([0, 0, 1]), ["guard", "guard"], {})
+    # row 0: log p rose from -3.5 to -1.5, +2 nats over 2 tokens -> 1.0; row 1: fell (-3 vs -2) -> 0
+    assert loss("refusal_guard", StepOutputs(current, reference)) == pytest.approx((1.0 + 0.0) / 2)
+    assert loss("refusal_guard", StepOutputs(reference, reference)) == 0.0  # at the original: no loss
+    gain = current.logps.clone().requires_grad_()
+    OBJECTIVES["refusal_guard"].fn(StepOutputs(Pass(gain, current.position_row, current.row_group, {}), reference),
+                                   MethodConfig()).backward()
+    assert gain.grad.tolist() == pytest.approx([0.25, 0.25, 0.0])  # no gradient where refusals did not gain
+    no_rows = Pass(torch.tensor([-1.0]), torch.tensor([0]), ["normal"], {})
+    assert loss("refusal_guard", StepOutputs(no_rows, no_rows)) == 0.0
+
+
+def test_refusal_guard_needs_refusal_targets():
+    with pytest.raises(MethodError, match="refusal_guard.*no refusal targets"):
+        resolve_method(MethodConfig(name="paper", weights={"refusal_guard": 1.0}))
+    resolved = resolve_method(MethodConfig(name="idk", weights={"refusal_guard": 1.0}))
+    assert "guard" in resolved.groups and resolved.needs.reference_logps >= {"guard"}
+
+
 def test_simnpo_length_normalised_with_margin():
     out = StepOutputs(hand_pass(), None)  # forget: (-1 - 3) / 2 = -2 per token, -0.5 / 1
     # beta 1, gamma 0.5: arguments -1 * -2 - 0.5 = 1.5 and 0.5 - 0.5 = 0

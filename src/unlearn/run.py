@@ -86,7 +86,8 @@ def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: li
     data = build_data(data_cfg, tokenizer, seed=train_cfg.seed, batch_size=train_cfg.batch_size,
                       normal_batch_size=train_cfg.normal_batch_size or train_cfg.batch_size,
                       mismatch_k=method.knobs.mismatch_k if "mismatch" in method.weights else 0,
-                      mismatch_answers=method.mismatch_answers)
+                      mismatch_answers=method.mismatch_answers,
+                      guard_answers=method.mismatch_answers if "guard" in method.groups else None)
     if state.is_main_process:
         atomic_write_text(output_dir / "config.yaml", dump_config(config))
     wall["load"] = time.perf_counter() - started

@@ -1,7 +1,9 @@
 """Tokenise every data set once, then compose each step's packed batch from the step index alone.
 
 A step holds `batch_size` forget rows, `mismatch_k` mismatch rows per forget row (the forget
-prompt followed by an answer drawn from the mismatch pool) and `normal_batch_size` normal rows.
+prompt followed by an answer drawn from the mismatch pool) and `normal_batch_size` normal rows;
+with a guard pool (refusal_guard), also one guard row per normal row: the normal prompt followed by
+an answer drawn from that pool.
 Which rows a step takes is a pure function of (seed, step), so a resumed run composes exactly the
 batches an uninterrupted run would have, with no sampler state to save. Forget rows are visited in
 a fresh shuffled order each epoch (the paper's code never shuffled, so it only used the first rows).
@@ -20,7 +22,7 @@ from unlearn.data.sources import DataError, Pair, detect_format, read_pairs
 
 log = logging.getLogger(__name__)
 
-GROUPS = ("forget", "mismatch", "normal")
+GROUPS = ("forget", "mismatch", "normal", "guard")
 
 
 def encoder_for(source: SourceConfig, tokenizer, data: DataConfig) -> PairEncoder:
@@ -76,7 +78,8 @@ class UnlearnData:
 
     def __init__(self, forget: list[Encoded], normal: list[list[Encoded]], normal_weights: list[float],
                  pool_answers: list[list[int]], pad_id: int, max_length: int, seed: int,
-                 batch_size: int, normal_batch_size: int, mismatch_k: int):
+                 batch_size: int, normal_batch_size: int, mismatch_k: int,
+                 guard_answers: list[list[int]] | None = None):
         if not any(normal):
             raise DataError("data.normal: no rows")
         self.forget, self.normal, self.pool_answers = forget, normal, pool_answers
@@ -84,6 +87,7 @@ class UnlearnData:
         self.normal_weights = [w / total for w in normal_weights]
         self.pad_id, self.max_length, self.seed = pad_id, max_length, seed
         self.batch_size, self.normal_batch_size, self.mismatch_k = batch_size, normal_batch_size, mismatch_k
+        self.guard_answers = guard_answers
         self._orders: dict[tuple[int, int, int], list[int]] = {}
 
     def _epoch_order(self, rows: int, epoch: int, salt: int) -> list[int]:
@@ -135,13 +139,22 @@ class UnlearnData:
             for index in self._cyclic(len(self.normal[source]), seen, count, salt=1 + source):
                 rows.append(self.normal[source][index])
                 groups.append("normal")
+        if self.guard_answers:  # drawn after everything else: the other rows do not depend on it
+            for row in [r for r, g in zip(rows, groups) if g == "normal"]:
+                answer = self.guard_answers[rng.randrange(len(self.guard_answers))]
+                fitted = Encoded(row.prompt_ids, answer[: self.max_length - len(row.prompt_ids)])
+                if fitted.answer_ids:
+                    rows.append(fitted)
+                    groups.append("guard")
         padded = pad_rows(rows, self.pad_id)
         return StepBatch(padded["input_ids"], padded["attention_mask"], padded["labels"], groups)
 
 
 def build_data(data: DataConfig, tokenizer, *, seed: int, batch_size: int, normal_batch_size: int,
-               mismatch_k: int, mismatch_answers: list[str] | None = None) -> UnlearnData:
-    """Read and tokenise everything once. `mismatch_answers` replaces the pool (e.g. refusals).
+               mismatch_k: int, mismatch_answers: list[str] | None = None,
+               guard_answers: list[str] | None = None) -> UnlearnData:
+    """Read and tokenise everything once. `mismatch_answers` replaces the pool (e.g. refusals);
+    `guard_answers` (refusals) are paired with normal prompts as guard rows.
     With data.forget.source: self the forget rows start empty (or as the file's own rows with
     onpolicy.mix_dataset); training.onpolicy adds the model's own flagged answers."""
     from_file = data.forget.source == "dataset" or data.onpolicy.mix_dataset
@@ -156,5 +169,9 @@ def build_data(data: DataConfig, tokenizer, *, seed: int, batch_size: int, norma
         for source in pool_sources:
             encoder = encoder_for(source, tokenizer, data)
             pool += [encoder.answer_ids(pair.response) for pair in read_pairs(source, tokenizer)]
+    guard = None
+    if guard_answers:
+        encoder = PairEncoder(tokenizer, data.template, data.max_length)
+        guard = [encoder.answer_ids(text) for text in guard_answers]
     return UnlearnData(forget, normal, [s.weight for s in data.normal], pool, tokenizer.pad_token_id,
-                       data.max_length, seed, batch_size, normal_batch_size, mismatch_k)
+                       data.max_length, seed, batch_size, normal_batch_size, mismatch_k, guard)

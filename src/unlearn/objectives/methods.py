@@ -96,6 +96,9 @@ def resolve_method(config: MethodConfig, num_layers: int | None = None) -> Resol
     if knobs.rmu_layer is None and num_layers:
         knobs = knobs.model_copy(update={"rmu_layer": max(0, num_layers // 3)})
     answers = (config.refusals or DEFAULT_REFUSALS) if method.refusal_targets else None
+    if "refusal_guard" in weights and answers is None:
+        raise MethodError(f"method.weights: refusal_guard guards the method's refusals on normal prompts; "
+                          f"{config.name!r} has no refusal targets (use idk)")
     resolved = ResolvedMethod(method, weights, knobs, answers)
     layer = resolved.needs.hidden_layer  # hidden_states[layer + 1] is read: a bad index must fail before training
     if layer is not None and (layer < 0 or (num_layers and layer >= num_layers)):

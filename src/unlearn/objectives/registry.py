@@ -91,6 +91,18 @@ def kl_first_tokens(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
     return (original.exp() * (original - current)).sum(-1)[first].mean()
 
 
+@objective("refusal_guard", ("guard",), lambda m: Needs(reference_logps={"guard"}))
+def refusal_guard(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
+    """Refusals may not become likelier on normal prompts: mean over guard rows (a normal prompt
+    followed by one of the method's refusals) of max(0, log p(refusal | prompt) - log p_original(
+    refusal | prompt)) / |refusal|. Zero (no gradient) while no refusal gained ground on a normal
+    prompt; the refusal targets' gain on forget prompts must come from what separates them."""
+    gain = out.current.sequence_logps("guard") - out.reference.sequence_logps("guard")
+    if not gain.numel():
+        return gain.new_zeros(())
+    return (F.relu(gain) / out.current.sequence_lengths("guard")).mean()
+
+
 @objective("npo", ("forget",), lambda m: Needs(reference_logps={"forget"}))
 def npo(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
     """Negative preference optimisation (Zhang et al. 2024): -(2/beta) * mean log sigmoid(

@@ -51,7 +51,7 @@ class TrainResult:
 
 def _log_row(step: int, outputs, losses: dict[str, torch.Tensor], total: torch.Tensor) -> dict:
     row = {"step": step, "loss": total.item()}
-    for group in ("forget", "mismatch", "normal"):
+    for group in ("forget", "mismatch", "normal", "guard"):
         if group in outputs.current.row_group:
             row[f"{group}_nll"] = mean_nll(outputs, group).item()
     if outputs.reference is not None and "normal" in outputs.reference.full_logprobs:
