@@ -86,3 +86,23 @@ def test_answers_are_cached_across_runs(tiny_llama, prompt_file, tmp_path, monke
     first, second = (read_jsonl(tmp_path / d / "original_answers" / "normal-0.jsonl") for d in "ab")
     assert first == second
     assert original.FOLDER == "original_answers"
+
+
+def test_eval_command_answers_source_original_before_judging(tiny_llama, prompt_file, tmp_path):
+    # the embedding judge learns from the normal answers: with source: original they must be generated
+    # first (the file has no response field to read)
+    import yaml
+
+    from unlearn.evaluation.runner import evaluate_model
+
+    raw = _config(tiny_llama, prompt_file)
+    raw["eval"] = {"generation": {"max_new_tokens": 4, "batch_size": 4},
+                   "tasks": [{"name": "harmful", "forget": {"path": str(prompt_file["forget"]), "prompt": "question",
+                                                            "response": "answer"}}]}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    metrics = evaluate_model(path, str(tiny_llama), tmp_path / "eval")
+    assert "harmful_rate@forget" in metrics["before"]
+    written = read_jsonl(tmp_path / "eval" / "original_answers" / "normal-0.jsonl")
+    assert [r["prompt"] for r in written] == ["What is the capital of France?", "Who wrote Hamlet?",
+                                              "When does water boil?"][: len(written)]

@@ -1,4 +1,4 @@
-"""Command line: `unlearn run | eval | report | demo | finetune | compare | leaderboard`."""
+"""Command line: `unlearn run | eval | report | demo | finetune | compare | leaderboard | interpolate`."""
 from __future__ import annotations
 
 import functools
@@ -206,6 +206,23 @@ def leaderboard_command(runs: list[Path] = typer.Argument(..., help="Finished `u
     board = collect(runs, output_dir, forget_metric, utility_metric, overwrite)
     console.print(leaderboard_table(board))
     console.print(f"  leaderboard: {output_dir / 'leaderboard.md'}, {output_dir / 'leaderboard.json'}")
+
+
+@app.command("interpolate")
+@guarded
+def interpolate_command(run_dir: Path = typer.Argument(..., help="A finished `unlearn run` output folder."),
+                        factors: list[float] = typer.Option(..., "--factor", "-f",
+                                                            help="Scale of the run's update, e.g. 0.5 (repeatable)."),
+                        output_dir: Path = typer.Option(..., "--output-dir", "-o"),
+                        overwrite: bool = typer.Option(False, "--overwrite"),
+                        evaluate: bool = typer.Option(True, "--eval/--no-eval",
+                                                      help="Evaluate each point with the run's eval: section.")):
+    """Models between the original and a run's: W_original + factor * (W_run - W_original), each
+    evaluated like the run, so `unlearn leaderboard` can draw them on the frontier."""
+    from unlearn.interpolate import interpolate
+
+    for folder in interpolate(run_dir, factors, output_dir, overwrite, evaluate):
+        print(folder)
 
 
 if __name__ == "__main__":

@@ -373,8 +373,8 @@ def _report_link(row: dict, board: dict) -> str:
 
 
 def frontier_plot(board: dict) -> bytes | None:
-    """Forget efficacy (x) against utility (y): one labelled point per method, the original in grey.
-    Methods at the same point share one label; labels of nearby points are stacked, not overlaid."""
+    """Forget efficacy (x) against utility (y): one point per method, the original in grey, named in
+    a legend (methods at the same point share one entry). Direct labels of nearby points collide."""
     x, y = board["forget_metric"], board["utility_metric"]
     groups: dict[tuple[float, float], list[str]] = {}
     for row in board["rows"]:
@@ -386,7 +386,6 @@ def frontier_plot(board: dict) -> bytes | None:
         groups.setdefault(original, []).insert(0, f"{ORIGINAL} (before)")
     if not groups:
         return None
-    span_x = (max(p[0] for p in groups) - min(p[0] for p in groups)) or 1.0
     with matplotlib.rc_context(STYLE):
         figure = Figure(figsize=(6.4, 4.6), layout="constrained")
         ax = figure.subplots()
@@ -396,30 +395,13 @@ def frontier_plot(board: dict) -> bytes | None:
             on_frontier = any(name.endswith("★") for name in names)
             ax.scatter(px, py, s=70 if before else 80 if on_frontier else 55, marker="s" if before else "o",
                        color=BEFORE if before else next(colours), zorder=3 if before else 4,
-                       edgecolors="#111827" if on_frontier else "none", linewidths=1.2)
+                       edgecolors="#111827" if on_frontier else "none", linewidths=1.2, label=", ".join(names))
         for name, set_limits, values in ((x, ax.set_xlim, [p[0] for p in groups]),
                                          (y, ax.set_ylim, [p[1] for p in groups])):
             if all(0 <= v <= 1 for v in values):  # a share or a similarity: show its whole 0..1 range
                 set_limits(-0.05, 1.08)
-        ax.margins(0.15)
-        low, high = ax.get_ylim()
-        scale = figure.get_figheight() * 72 * 0.8 / (high - low)  # points per y unit (the axes: ~80% of the height)
-        left, right = ax.get_xlim()
-        x_scale = figure.get_figwidth() * 72 * 0.85 / (right - left)  # points per x unit
-        placed: list[tuple[float, float, float]] = []  # (x, label height in points, label width in x units)
-        for (px, py), names in sorted(groups.items(), key=lambda g: g[0][1]):
-            label = ", ".join(names)
-            width = (7 + 6.5 * len(label)) / x_scale  # labels run right from their point
-            height = py * scale + 4
-            for other_x, other, other_width in placed:  # a label drawn earlier that this one would overlap
-                if -other_width < px - other_x < width and abs(other - height) < 15:
-                    height = max(height, other + 15)
-            for other_x, other_y in groups:  # a marker this label would cover
-                if 0 < other_x - px < width and abs(other_y * scale - height) < 10:
-                    height = max(height, other_y * scale + 10)
-            placed.append((px, height, width))
-            ax.annotate(label, (px, py), textcoords="offset points", xytext=(7, height - py * scale),
-                        color="#4b5563" if names[0].startswith(ORIGINAL) else "#111827")
+        ax.legend(loc="best", fontsize="small", frameon=True, framealpha=0.9, title="★ on the frontier",
+                  title_fontsize="small")
         ax.set_xlabel(f"{x} {arrow(direction(x))}".strip() + _better(x, forget_side=True))
         ax.set_ylabel(f"{y} {arrow(direction(y))}".strip() + _better(y, forget_side=False))
         ax.set_title("Forget efficacy against utility")

@@ -235,11 +235,14 @@ def _same_model(a: str, b: str) -> bool:
 
 
 def evaluate_model(config_path, model: str, output_dir, overrides: list[str] | None = None,
-                   overwrite: bool = False) -> dict:
+                   overwrite: bool = False, reuse_original_answers: bool = False) -> dict:
     """`unlearn eval`: the config's model is evaluated as "before" (the original outputs), then
     `model` (HF folder, PEFT adapter folder, alias or .gguf) as "after". When `model` is the config's
     model itself only "before" is written. Returns metrics.json's content. The before stage is
-    taken from the shared cache when this model, eval config, data and code were evaluated before."""
+    taken from the shared cache when this model, eval config, data and code were evaluated before.
+    Normal data with `source: original` is answered by the original model first (the judge learns
+    from those answers); `reuse_original_answers` takes them from OUTPUT_DIR/original_answers/."""
+    from unlearn.data.original import original_answers, uses_original
     from unlearn.evaluation.cache import model_fingerprint
     from unlearn.models.loading import load_model
     from unlearn.run import OutputDirError
@@ -256,9 +259,13 @@ def evaluate_model(config_path, model: str, output_dir, overrides: list[str] | N
 
     original, tokenizer = load_model(config.model.name, config.model.dtype, config.model.trust_remote_code,
                                      config.model.allow_pickle)
-    evaluator = Evaluator(config.eval, tokenizer, config.data, output_dir)
-    evaluator.evaluate_original(original, model_fingerprint(config.model.name, config.model.dtype),
-                                model_name=config.model.name)
+    model_files = model_fingerprint(config.model.name, config.model.dtype)
+    data = config.data
+    if uses_original(data):  # the judge learns from the normal answers: the original's own, as in the run
+        data = original_answers(data, original, tokenizer, output_dir, resume=reuse_original_answers,
+                                model_files=model_files)
+    evaluator = Evaluator(config.eval, tokenizer, data, output_dir)
+    evaluator.evaluate_original(original, model_files, model_name=config.model.name)
     if not _same_model(model, config.model.name):
         target, reference = _load_target(model, config, original)
         evaluator.evaluate(target, "after", reference_model=reference, model_name=model)
