@@ -66,12 +66,14 @@ def test_evaluated_points_join_the_run_on_one_leaderboard(finished_run, tmp_path
     point = tmp_path / "pts" / "run-x0.5"
     metrics = json.loads((point / "metrics.json").read_text())
     assert set(metrics) == {"before", "after"} and "similarity_to_original@normal" in metrics["after"]
-    assert (point / "generations.jsonl").is_file()
+    assert (point / "generations.jsonl").is_file() and (point / "report.html").is_file()
     board_dir = tmp_path / "board"
     result = CliRunner().invoke(app, ["leaderboard", str(finished_run), str(point), "-o", str(board_dir)])
     assert result.exit_code == 0, result.output
     board = json.loads((board_dir / "leaderboard.json").read_text())
     assert board["methods"] == ["run", "run-x0.5"]
+    assert "| run-x0.5 | " in (board_dir / "leaderboard.md").read_text()
+    assert ", update x0.5 |" in (board_dir / "leaderboard.md").read_text()  # the settings table says so
     # a second call refuses to replace the folder unless asked
     again = CliRunner().invoke(app, ["interpolate", str(finished_run), "-f", "0.5", "-o", str(tmp_path / "pts")])
     assert again.exit_code == 2 and "already exists; pass --overwrite" in again.output

@@ -236,7 +236,8 @@ def _finished_row(name: str, folder: Path, summary: dict, metrics: dict, lr: flo
             "error": None, "after": metrics.get("after", {}), "before": metrics.get("before", {}),
             "steps": summary["steps"], "max_steps": summary["max_steps"], "stop_reason": summary.get("stop_reason"),
             "train_seconds": summary.get("train_seconds"), "wall_seconds": wall_seconds,
-            "weights": summary.get("weights", {}), "lr": lr, "selection": summary.get("selection")}
+            "weights": summary.get("weights", {}), "lr": lr, "selection": summary.get("selection"),
+            "interpolated": summary.get("interpolated")}
 
 
 def original_value(before: dict, name: str) -> float | None:
@@ -353,6 +354,8 @@ def leaderboard_markdown(board: dict, with_plot: bool) -> str:
         for r in ran:
             weights = ", ".join(f"{k} {v:g}" for k, v in r["weights"].items())
             kept = (r.get("selection") or {}).get("best_step", r["steps"])
+            if r.get("interpolated"):  # `unlearn interpolate`: that step's update, scaled
+                kept = f"{kept}, update x{r['interpolated']['factor']:g}"
             lines.append(f"| {r['method']} | {weights} | {r['lr']:g} | {kept} |" if r.get("lr") is not None
                          else f"| {r['method']} | {weights} | — | {kept} |")
         lines.append("")
@@ -389,13 +392,24 @@ def frontier_plot(board: dict) -> bytes | None:
     with matplotlib.rc_context(STYLE):
         figure = Figure(figsize=(6.4, 4.6), layout="constrained")
         ax = figure.subplots()
-        colours = iter(SERIES * 4)
+        shapes = "oD^vP"  # past the palette's length, colours repeat with another marker
+        styles = iter([(SERIES[i % len(SERIES)], shapes[(i // len(SERIES)) % len(shapes)])
+                       for i in range(len(groups))])
+        frontier = []
         for (px, py), names in groups.items():
             before = (px, py) == original and names[0].startswith(ORIGINAL)
             on_frontier = any(name.endswith("★") for name in names)
-            ax.scatter(px, py, s=70 if before else 80 if on_frontier else 55, marker="s" if before else "o",
-                       color=BEFORE if before else next(colours), zorder=3 if before else 4,
-                       edgecolors="#111827" if on_frontier else "none", linewidths=1.2, label=", ".join(names))
+            colour, shape = (BEFORE, "s") if before else next(styles)
+            if on_frontier:
+                frontier.append((px, py))
+            ax.scatter(px, py, s=70 if before else 80 if on_frontier else 55, marker=shape, color=colour,
+                       zorder=3 if before else 4, edgecolors="#111827" if on_frontier else "none", linewidths=1.2,
+                       label=", ".join(names))
+        if None not in original and not any(_dominates(p, original, x, y) for p in frontier):
+            frontier.append(original)  # the original model is a point of the frontier unless something beats it
+        if len(frontier) > 1:  # the frontier as a line through its points, in forget-metric order
+            frontier.sort()
+            ax.plot(*zip(*frontier), color="#9ca3af", linestyle="--", linewidth=1, zorder=2)
         for name, set_limits, values in ((x, ax.set_xlim, [p[0] for p in groups]),
                                          (y, ax.set_ylim, [p[1] for p in groups])):
             if all(0 <= v <= 1 for v in values):  # a share or a similarity: show its whole 0..1 range
@@ -408,6 +422,12 @@ def frontier_plot(board: dict) -> bytes | None:
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=DPI)
         return buffer.getvalue()
+
+
+def _dominates(point: tuple[float, float], other: tuple[float, float], x: str, y: str) -> bool:
+    """At least as good as `other` on both plotted metrics (forget x, utility y)."""
+    return (_goodness(x, point[0], True) >= _goodness(x, other[0], True)
+            and _goodness(y, point[1], False) >= _goodness(y, other[1], False))
 
 
 def _better(name: str, forget_side: bool) -> str:

@@ -56,6 +56,7 @@ def interpolate(run_dir: str | Path, factors: list[float], output_dir: str | Pat
     """One folder per factor under `output_dir`, named `<run folder>-x<factor>`; returns them."""
     from unlearn.evaluation.runner import evaluate_model
     from unlearn.models.loading import load_model, load_tokenizer
+    from unlearn.report.build import build_report
 
     run_dir, output_dir = Path(run_dir), Path(output_dir)
     if not factors:
@@ -99,5 +100,7 @@ def interpolate(run_dir: str | Path, factors: list[float], output_dir: str | Pat
                   "outputs": {"model": str(target / "model")},
                   "total_seconds": round(time.perf_counter() - started, 2)}
         atomic_write_text(target / "summary.json", json.dumps(record, indent=2) + "\n")
+        if evaluate and config.eval:
+            build_report(target)
     original.load_state_dict(start)
     return targets
