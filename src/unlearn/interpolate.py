@@ -8,6 +8,7 @@ generations.jsonl - so `unlearn leaderboard RUN INTERPOLATED...` puts them on on
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
@@ -43,8 +44,6 @@ def unlearned_weights(saved: Path, config, original) -> tuple[dict[str, torch.Te
 
         model, _ = load_model(str(saved), config.model.dtype, config.model.trust_remote_code, config.model.allow_pickle)
         return {k: v.detach().clone() for k, v in model.state_dict().items()}, str(saved)
-    import copy
-
     from peft import PeftModel
 
     model = PeftModel.from_pretrained(copy.deepcopy(original), str(saved), is_trainable=False)
@@ -93,14 +92,14 @@ def interpolate(run_dir: str | Path, factors: list[float], output_dir: str | Pat
             if (run_dir / FOLDER).is_dir():  # the original's answers (source: original): the same for every point
                 shutil.copytree(run_dir / FOLDER, tmp / FOLDER)
         log.info("%s: the update scaled by %g", target / "model", factor)
-        if evaluate and config.eval:
+        evaluated = bool(evaluate and config.eval)
+        if evaluated:
             evaluate_model(target / "config.yaml", str(target / "model"), target, overwrite=True,
                            reuse_original_answers=True)
         record = {**summary, "interpolated": {"from": str(run_dir.resolve()), "factor": factor},
                   "outputs": {"model": str(target / "model")},
                   "total_seconds": round(time.perf_counter() - started, 2)}
         atomic_write_text(target / "summary.json", json.dumps(record, indent=2) + "\n")
-        if evaluate and config.eval:
+        if evaluated:  # the report reads summary.json too
             build_report(target)
-    original.load_state_dict(start)
     return targets

@@ -61,12 +61,13 @@ class Pass:
     hidden: torch.Tensor | None = None  # (rows, T, D) output of the chosen layer
     attention_mask: torch.Tensor | None = None
 
-    def _positions(self, group: str) -> torch.Tensor:
+    def group_positions(self, group: str) -> torch.Tensor:
+        """Mask over answer positions: True where the position belongs to a row of `group`."""
         rows = torch.tensor([g == group for g in self.row_group], device=self.position_row.device)
         return rows[self.position_row]
 
     def token_logps(self, group: str) -> torch.Tensor:
-        return self.logps[self._positions(group)]
+        return self.logps[self.group_positions(group)]
 
     def sequence_logps(self, group: str) -> torch.Tensor:
         """Sum of answer log-probs per row of `group`, in row order."""

@@ -86,7 +86,7 @@ def kl_first_tokens(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
     original = out.reference.full_logprobs["normal"]
     if not current.numel():
         return current.new_zeros(())
-    rows = out.current.position_row[out.current._positions("normal")]
+    rows = out.current.position_row[out.current.group_positions("normal")]
     first = token_index_in_row(rows) < method.kl_tokens
     return (original.exp() * (original - current)).sum(-1)[first].mean()
 

@@ -14,7 +14,7 @@ from accelerate import Accelerator
 from transformers import get_linear_schedule_with_warmup
 
 from unlearn.config import TrainConfig
-from unlearn.data.batches import UnlearnData
+from unlearn.data.batches import GROUPS, UnlearnData
 from unlearn.io import append_jsonl, atomic_write_jsonl, read_jsonl
 from unlearn.objectives.forward import Needs, step_forward
 from unlearn.objectives.methods import ResolvedMethod
@@ -51,7 +51,7 @@ class TrainResult:
 
 def _log_row(step: int, outputs, losses: dict[str, torch.Tensor], total: torch.Tensor) -> dict:
     row = {"step": step, "loss": total.item()}
-    for group in ("forget", "mismatch", "normal", "guard"):
+    for group in GROUPS:
         if group in outputs.current.row_group:
             row[f"{group}_nll"] = mean_nll(outputs, group).item()
     if outputs.reference is not None and "normal" in outputs.reference.full_logprobs:
