@@ -12,7 +12,7 @@ from unlearn.data.encoding import PAPER_TEMPLATE, PairEncoder, pad_rows
 from unlearn.models.loading import load_model
 from unlearn.objectives.forward import Pass, StepOutputs, _model_pass
 from unlearn.objectives.methods import DEFAULT_REFUSALS, METHODS, MethodError, resolve_method
-from unlearn.objectives.registry import OBJECTIVES, rmu_direction
+from unlearn.objectives.registry import OBJECTIVES, rmu_direction, token_kl
 
 P = math.log  # readability: log of a probability
 
@@ -56,6 +56,22 @@ def test_kl_of_known_distributions():
     assert loss("kl_to_original", swapped) == pytest.approx((0.8 * P(1.6) + 0.2 * P(0.4)) / 2, abs=1e-6)
     same = StepOutputs(hand_pass({"normal": original}), hand_pass({"normal": original}))
     assert loss("kl_to_original", same) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_kl_of_one_distribution_rounded_two_ways_is_never_negative():
+    # a 49152-token vocabulary (SmolLM2's); shifting the logits leaves the distribution as it is but
+    # rounds each float32 log-probability another way, and the plain sum goes below 0 on some tokens
+    torch.manual_seed(0)
+    logits = torch.randn(64, 49152) * 3
+    original, current = logits.log_softmax(-1), (logits + 0.5).log_softmax(-1)
+    assert ((original.exp() * (original - current)).sum(-1) < 0).any()  # what the old code returned
+    rows = torch.arange(64)
+    one_token_rows = Pass(torch.zeros(64), rows, ["normal"] * 64, {"normal": current})
+    reference = Pass(torch.zeros(64), rows, ["normal"] * 64, {"normal": original})
+    out = StepOutputs(one_token_rows, reference)
+    assert (token_kl(original, current) >= 0).all()
+    assert 0 <= loss("kl_to_original", out) < 1e-6
+    assert 0 <= loss("kl_first_tokens", out, kl_tokens=1) < 1e-6
 
 
 def test_kl_at_the_first_answer_tokens_of_each_row():

@@ -66,7 +66,14 @@ def kl_to_original(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
     original = out.reference.full_logprobs["normal"]
     if not current.numel():
         return current.new_zeros(())
-    return (original.exp() * (original - current)).sum(-1).mean()
+    return token_kl(original, current).mean()
+
+
+def token_kl(original: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+    """KL(p_original || p_current) per position from log-probabilities over the vocabulary (last
+    dimension). A KL is never negative, but summing 49k rounded terms of an equal pair can give
+    -1e-8; each position is clamped at 0 after the sum, which changes no value that is not rounding."""
+    return (original.exp() * (original - current)).sum(-1).clamp(min=0)
 
 
 def token_index_in_row(position_row: torch.Tensor) -> torch.Tensor:
@@ -88,7 +95,7 @@ def kl_first_tokens(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
         return current.new_zeros(())
     rows = out.current.position_row[out.current.group_positions("normal")]
     first = token_index_in_row(rows) < method.kl_tokens
-    return (original.exp() * (original - current)).sum(-1)[first].mean()
+    return token_kl(original, current)[first].mean()
 
 
 @objective("refusal_guard", ("guard",), lambda m: Needs(reference_logps={"guard"}))
