@@ -93,8 +93,12 @@ def train(model, data: UnlearnData, method: ResolvedMethod, config: TrainConfig,
         if accelerator.is_main_process:
             atomic_write_jsonl(log_path, kept)
         log.info("resumed from %s", checkpoint)
-    elif accelerator.is_main_process and log_path.exists():
-        log_path.unlink()
+    else:
+        if resume:
+            log.warning("--resume: no checkpoint in %s (train.save_every writes them); starting at step 0",
+                        output_dir)
+        if accelerator.is_main_process and log_path.exists():
+            log_path.unlink()
 
     reasons = [hook.before_training(model) for hook in hooks]
     model.train()
