@@ -25,8 +25,9 @@ test: install
 demo: install
 	$(VENV)/bin/unlearn demo --output-dir runs/demo
 
+# BENCH_ARGS: e.g. --forget ../shared/data/harmful/beavertails_sample_140.csv --normal ../shared/data/truthfulqa/TruthfulQA.csv
 bench: install
-	$(PY) -m unlearn.bench --json runs/bench.json
+	$(PY) benchmarks/bench.py --json runs/bench.json $(BENCH_ARGS)
 
 # Resolve today's newest versions within pyproject.toml's ranges in a throwaway venv and write them
 # to $(LOCK); then run `make test` (it reinstalls from the new lock) before committing it.

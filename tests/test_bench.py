@@ -1,12 +1,19 @@
-"""`python -m unlearn.bench` runs end to end on a tiny model (figures are not checked: no timing
+"""`python benchmarks/bench.py` runs end to end on a tiny model (figures are not checked: no timing
 assertions in tests; BENCHMARKS.md holds the real numbers)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
+from argparse import Namespace
+from pathlib import Path
 
-from unlearn.bench import CONFIGS, data_section, plan_step, synthetic_files
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
+_spec = importlib.util.spec_from_file_location("bench", BENCH)
+bench = sys.modules["bench"] = importlib.util.module_from_spec(_spec)  # dataclasses look their module up
+_spec.loader.exec_module(bench)
+CONFIGS, data_section, plan_step, synthetic_files = bench.CONFIGS, bench.data_section, bench.plan_step, bench.synthetic_files
 
 
 def test_synthetic_data_has_the_harmful_qa_shape(tmp_path):
@@ -15,12 +22,12 @@ def test_synthetic_data_has_the_harmful_qa_shape(tmp_path):
     normal = [json.loads(line) for line in open(files["normal"]["path"])]
     assert len(forget) == 40 and len(normal) == 80
     assert min(len(r["response"]) for r in forget) > max(len(r["Best Answer"]) for r in normal)
-    assert data_section("synthetic", tmp_path)[1].startswith("synthetic")
+    assert data_section(Namespace(forget=None, normal=None), tmp_path)[1].startswith("synthetic")
 
 
 def test_bench_runs_both_sides_with_equal_losses(tiny_llama, tmp_path):
     out = tmp_path / "bench.json"
-    done = subprocess.run([sys.executable, "-m", "unlearn.bench", "--model", str(tiny_llama), "--data", "synthetic",
+    done = subprocess.run([sys.executable, str(BENCH), "--model", str(tiny_llama),
                            "--configs", "lora,full", "--warmup", "1", "--steps", "1", "--max-length", "96",
                            "--gen-prompts", "3", "--gen-tokens", "4", "--json", str(out)],
                           capture_output=True, text=True, timeout=600)

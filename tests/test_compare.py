@@ -12,9 +12,9 @@ from unlearn.cli import app
 from unlearn.compare import Columns, choose_metrics, compare, method_config
 from unlearn.config import ConfigError, load_config
 from unlearn.errors import InputError
-from unlearn.evaluation.config import parse_eval_config
-from unlearn.objectives.methods import resolve_method
-from unlearn.run import OutputDirError
+from unlearn.config.eval import parse_eval_config
+from unlearn.objectives.resolve import resolve_method
+from unlearn.layout import OutputDirError
 
 FACTS = [{"question": "Where does Alice live?", "value": "Oslo"},
          {"question": "What is Alice's phone number?", "value": "555 0101"}]
@@ -42,7 +42,7 @@ def test_compare_writes_leaderboard_and_frontier(compare_config, tmp_path):
     out = tmp_path / "cmp"
     # rmu reads a decoder layer the 2-layer model does not have: it fails at model load, the others run
     result = CliRunner().invoke(app, ["compare", str(compare_config), "--methods", "npo,paper,rmu",
-                                      "--output-dir", str(out), "--set", "method.rmu_layer=5"])
+                                      "--output-dir", str(out), "--set", "compare.rmu.rmu_layer=5"])
     assert result.exit_code == 1, result.output
     assert "1 of 3 methods failed (rmu" in result.output
 
@@ -115,11 +115,16 @@ def test_other_methods_keep_knobs_but_not_weights_or_paper_defaults(compare_conf
     raw = yaml.safe_load(compare_config.read_text())
     raw["method"].update(npo_beta=0.05, rmu_steering=3.0)
     config = load_config(raw=raw)
-    assert method_config(config, "paper").method == config.method
-    npo, simnpo, idk = (resolve_method(method_config(config, name).method) for name in ("npo", "simnpo", "idk"))
-    assert npo.weights == {"npo": 1.0, "retain_nll": 1.0} and npo.knobs.npo_beta == 0.05 and npo.knobs.mismatch_k == 2
+    paper = method_config(config, "paper").method  # the config's own method: its weights and the knobs it reads
+    assert paper.weights == config.method.weights and paper.mismatch_k == 2
+    assert {"npo_beta", "rmu_steering"}.isdisjoint(paper.model_fields_set)
+    npo, simnpo, idk, rmu = (resolve_method(method_config(config, name).method) for name in ("npo", "simnpo", "idk", "rmu"))
+    assert npo.weights == {"npo": 1.0, "retain_nll": 1.0} and npo.knobs.npo_beta == 0.05
     assert simnpo.knobs.npo_beta == 2.5  # SimNPO's own paper default, not NPO's beta
-    assert idk.knobs.mismatch_k == 1 and idk.knobs.rmu_steering == 3.0  # one refusal per row; other knobs kept
+    assert idk.knobs.mismatch_k == 1 and rmu.knobs.rmu_steering == 3.0  # one refusal per row; other knobs kept
+    # a shared knob reaches only the methods that read it (setting an unread knob is an error)
+    assert "rmu_steering" not in method_config(config, "idk").method.model_fields_set
+    assert "mismatch_k" not in method_config(config, "npo").method.model_fields_set
 
 
 def test_compare_section_sets_one_methods_knobs(compare_config):
@@ -184,6 +189,9 @@ def test_frontier_table_is_the_best_forget_value_at_each_utility_floor():
         return {"method": name, "after": {"leak_rate@forget": leak, "similarity_to_original@normal": similarity}}
 
     board = {"forget_metric": "leak_rate@forget", "utility_metric": "similarity_to_original@normal",
+             "forget_metrics": ["leak_rate@forget"], "directions": {"leak_rate@forget": "lower",
+                                                                    "similarity_to_original@normal": "higher",
+                                                                    "perplexity@normal": "lower"},
              "before": {"leak_rate@forget": 0.9},
              "rows": [row("a", 0.5, 0.95), row("b", 0.6, 0.90), row("c", 0.1, 0.70), row("d", 0.0, 0.40),
                       row("e", 0.1, 0.60), {"method": "f", "status": "failed"}]}

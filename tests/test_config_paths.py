@@ -21,8 +21,8 @@ def test_paths_relative_to_the_config_file_become_absolute(tiny_llama, qa_files,
     monkeypatch.chdir(tmp_path / "..")  # anywhere else
     config = load_config(folder / "run.yaml")
     assert config.data.forget.path == str(qa_files["forget"].resolve())
-    assert config.eval["tasks"][0]["normal"]["path"] == str(qa_files["normal"].resolve())
-    assert config.select["eval"]["tasks"][0]["normal"]["path"] == str(qa_files["normal"].resolve())
+    assert config.eval.tasks[0].normal.path == str(qa_files["normal"].resolve())  # typed sections
+    assert config.select.eval.tasks[0].normal.path == str(qa_files["normal"].resolve())
     saved = yaml.safe_load(dump_config(config))
     assert all(Path(p).is_absolute() for p in (saved["data"]["forget"]["path"], saved["data"]["normal"][0]["path"]))
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from unlearn.evaluation import metrics as m
-from unlearn.evaluation.config import JudgeConfig
+from unlearn.config.eval import JudgeConfig
 from unlearn.evaluation.generation import TokenScores, generate, score_answers
 from unlearn.evaluation.judges import ClassifierJudge, EmbeddingJudge, Examples, RewardJudge
 from unlearn.evaluation.privacy import MIA_SCORES, auc

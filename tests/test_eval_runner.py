@@ -80,7 +80,8 @@ def test_evaluator_writes_both_stages(llama, tiny_llama, eval_files, tmp_path):
     assert after["perplexity@normal"] == pytest.approx(before["perplexity@normal"])
 
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert list(saved) == ["before", "after"] and saved["after"] == pytest.approx(after)
+    assert list(saved) == ["before", "after", "directions"] and saved["after"] == pytest.approx(after)
+    assert saved["directions"] == config.eval.directions() and set(saved["directions"]) == set(after)
     rows = [json.loads(line) for line in (tmp_path / "out" / "generations.jsonl").read_text().splitlines()]
     assert set(rows[0]) == {"stage", "task", "subset", "prompt", "output", "model"}
     assert {(r["stage"], r["task"], r["subset"]) for r in rows} >= {
@@ -97,7 +98,7 @@ def test_lora_after_stage_uses_the_disabled_adapter_as_original(llama, tiny_llam
     import torch
 
     from unlearn.config import LoraConfig
-    from unlearn.evaluation.generation import original_of
+    from unlearn.models.prepare import original_model
     from unlearn.models.prepare import apply_lora
 
     model, tokenizer = llama
@@ -115,7 +116,7 @@ def test_lora_after_stage_uses_the_disabled_adapter_as_original(llama, tiny_llam
             if "lora_B" in name:
                 parameter.normal_(0, 0.5)
         ids = torch.tensor([[1, 20, 21, 22]])
-        with original_of(peft_model) as original:
+        with original_model(peft_model) as original:
             assert torch.allclose(original(ids).logits, model(ids).logits, atol=1e-5)
         assert not torch.allclose(peft_model(ids).logits, model(ids).logits, atol=1e-3)
 
@@ -168,7 +169,7 @@ def test_leak_task_scores_against_the_cut_true_continuation(llama, tiny_llama, e
 
 
 def test_judge_examples_fall_back_to_forget_normal_and_refusals(tiny_llama, eval_files):
-    from unlearn.evaluation.config import JudgeConfig
+    from unlearn.config.eval import JudgeConfig
     from unlearn.evaluation.judges import judge_examples
     from unlearn.objectives.methods import DEFAULT_REFUSALS
 
@@ -187,7 +188,7 @@ def test_eval_config_errors_name_the_field(tiny_llama, eval_files):
     def load(section):
         return load_config(raw={**base_config(tiny_llama, eval_files), "eval": section})
 
-    with pytest.raises(ConfigError, match=r"eval: .*tasks\.0\.mia\.holdout: required key is missing"):
+    with pytest.raises(ConfigError, match=r"eval\.tasks\.0\.mia\.holdout: required key is missing"):
         load({"tasks": [{"name": "mia"}]})
     with pytest.raises(ConfigError, match="does not match any of the expected tags"):
         load({"tasks": [{"name": "toxicity"}]})
@@ -219,7 +220,7 @@ def test_run_with_eval_section(tiny_llama, eval_files, tmp_path):
     config["output"] = {"save": "adapter"}
     result = run(load_config(raw=config), tmp_path / "run")
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert set(saved) == {"before", "after"}
+    assert set(saved) == {"before", "after", "directions"}
     assert "similarity_to_original@normal" in saved["after"] and "harmful_rate" in saved["before"]
     assert result.metrics == pytest.approx(saved["after"])
     stages = {json.loads(line)["stage"] for line in (tmp_path / "run" / "generations.jsonl").read_text().splitlines()}
@@ -232,7 +233,7 @@ def test_evaluate_model_on_a_saved_folder_and_an_adapter(tiny_llama, eval_files,
     from unlearn.models.loading import load_model
     from unlearn.models.prepare import apply_lora, save_model
     from unlearn.config import LoraConfig
-    from unlearn.run import OutputDirError
+    from unlearn.layout import OutputDirError
 
     section = {"generation": {"max_new_tokens": 4}, "tasks": [{"name": "utility"}]}
     config_path = tmp_path / "config.yaml"

@@ -1,4 +1,4 @@
-"""`unlearn finetune` (unlearn.memorise): the set-up fine-tune that makes a model memorise data.
+"""`unlearn finetune` (unlearn.finetune): the set-up fine-tune that makes a model memorise data.
 The loss falls, the saved folder reloads with from_pretrained and holds the trained weights, and
 bad input fails with one line naming the file, field or folder before any weights are loaded."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from conftest import SENTENCES, write_jsonl
 from test_reliability import assert_input_error
 from unlearn.cli import app
-from unlearn.memorise import memorise, parse_data
+from unlearn.finetune import parse_data, run_finetune
 
 
 def cli(*args):
@@ -36,10 +36,10 @@ def answer_nll(model, rows, pad_id) -> float:
 def test_loss_falls_and_the_saved_folder_reloads_with_the_trained_weights(tiny_llama, book, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from unlearn.memorise import encode_rows
+    from unlearn.finetune import encode_rows
 
     source = parse_data({"path": str(book), "window_tokens": 16, "prompt_tokens": 4, "limit": 6})
-    result = memorise(str(tiny_llama), [source], tmp_path / "leaky", epochs=12, lr=1e-2, batch_size=3)
+    result = run_finetune(str(tiny_llama), [source], tmp_path / "leaky", epochs=12, lr=1e-2, batch_size=3)
     assert result.rows == 6 and len(result.epoch_losses) == 12
     assert result.epoch_losses[-1] < 0.5 * result.epoch_losses[0]
 

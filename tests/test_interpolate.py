@@ -65,7 +65,7 @@ def test_evaluated_points_join_the_run_on_one_leaderboard(finished_run, tmp_path
     assert result.exit_code == 0, result.output
     point = tmp_path / "pts" / "run-x0.5"
     metrics = json.loads((point / "metrics.json").read_text())
-    assert set(metrics) == {"before", "after"} and "similarity_to_original@normal" in metrics["after"]
+    assert set(metrics) == {"before", "after", "directions"} and "similarity_to_original@normal" in metrics["after"]
     assert (point / "generations.jsonl").is_file() and (point / "report.html").is_file()
     board_dir = tmp_path / "board"
     result = CliRunner().invoke(app, ["leaderboard", str(finished_run), str(point), "-o", str(board_dir)])

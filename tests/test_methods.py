@@ -12,8 +12,9 @@ from unlearn.io import read_jsonl
 from unlearn.models.loading import load_model
 from unlearn.models.prepare import apply_lora, frozen_copy
 from unlearn.objectives.forward import step_forward
-from unlearn.objectives.methods import DEFAULT_REFUSALS, METHODS, MethodError, resolve_method
-from unlearn.objectives.registry import OBJECTIVES, rmu_direction
+from unlearn.objectives.methods import DEFAULT_REFUSALS, METHODS, MethodError
+from unlearn.objectives.resolve import resolve_method
+from unlearn.objectives.losses import OBJECTIVES, rmu_direction
 from unlearn.run import run
 
 
@@ -128,8 +129,24 @@ def test_rmu_layer_default_and_range():
         resolve_method(MethodConfig(name="rmu", rmu_layer=2), num_layers=2)
     with pytest.raises(MethodError, match="rmu_layer: -1"):
         resolve_method(MethodConfig(name="rmu", rmu_layer=-1))
-    # a method that reads no hidden layer ignores the knob
-    assert resolve_method(MethodConfig(name="npo", rmu_layer=7), num_layers=2).needs.hidden_layer is None
+    # a knob the method does not read is an error (it used to be ignored), naming the knobs it reads
+    with pytest.raises(MethodError, match=r"method.rmu_layer: 'npo' does not read .*\(its knobs: npo_beta\)"):
+        resolve_method(MethodConfig(name="npo", rmu_layer=7), num_layers=2)
+
+
+def test_a_knob_the_method_does_not_read_is_an_error():
+    with pytest.raises(MethodError, match=r"method.rmu_steering: 'npo' does not read .*\(its knobs: npo_beta\)"):
+        resolve_method(MethodConfig(name="npo", rmu_steering=3))
+    with pytest.raises(MethodError, match=r"method.kl_tokens: 'paper' .*\(its knobs: mismatch_k\)"):
+        resolve_method(MethodConfig(name="paper", kl_tokens=2))
+    # an objective added by weight brings its knobs; the method's refusal targets bring `refusals`
+    assert resolve_method(MethodConfig(name="paper", kl_tokens=2, weights={"kl_first_tokens": 1.0})).knobs.kl_tokens == 2
+    assert resolve_method(MethodConfig(name="idk", refusals=["No."])).mismatch_answers == ["No."]
+    with pytest.raises(MethodError, match="method.refusals: 'npo'"):
+        resolve_method(MethodConfig(name="npo", refusals=["No."]))
+    # a zero weight drops the objective, and its knob with it
+    with pytest.raises(MethodError, match="method.mismatch_k: 'paper'"):
+        resolve_method(MethodConfig(name="paper", mismatch_k=2, weights={"mismatch": 0.0}))
 
 
 @pytest.mark.parametrize("lora,lr", [(True, 3e-2), (False, 1e-2)], ids=["lora", "full"])

@@ -12,8 +12,8 @@ from unlearn.data.batches import build_data
 from unlearn.io import read_jsonl
 from unlearn.models.loading import load_model
 from unlearn.models.prepare import apply_lora, frozen_copy, num_layers, save_model
-from unlearn.objectives.forward import original_model
-from unlearn.objectives.methods import resolve_method
+from unlearn.models.prepare import original_model
+from unlearn.objectives.resolve import resolve_method
 from unlearn.training.loop import train
 
 PROBE = torch.tensor([[5, 17, 42, 99, 123, 7, 250, 3], [8, 64, 31, 2, 200, 150, 11, 9]])

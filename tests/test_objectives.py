@@ -11,8 +11,9 @@ from unlearn.data.batches import StepBatch
 from unlearn.data.encoding import PAPER_TEMPLATE, PairEncoder, pad_rows
 from unlearn.models.loading import load_model
 from unlearn.objectives.forward import Pass, StepOutputs, _model_pass
-from unlearn.objectives.methods import DEFAULT_REFUSALS, METHODS, MethodError, resolve_method
-from unlearn.objectives.registry import OBJECTIVES, rmu_direction, token_kl
+from unlearn.objectives.methods import DEFAULT_REFUSALS, METHODS, MethodError
+from unlearn.objectives.resolve import resolve_method
+from unlearn.objectives.losses import OBJECTIVES, rmu_direction, token_kl
 
 P = math.log  # readability: log of a probability
 
@@ -75,7 +76,7 @@ def test_kl_of_one_distribution_rounded_two_ways_is_never_negative():
 
 
 def test_kl_at_the_first_answer_tokens_of_each_row():
-    from unlearn.objectives.registry import token_index_in_row
+    from unlearn.objectives.losses import token_index_in_row
 
     assert token_index_in_row(torch.tensor([0, 0, 0, 2, 2, 3, 5, 5])).tolist() == [0, 1, 2, 0, 1, 0, 0, 1]
     # two normal rows: 3 tokens and 1 token; per-token KLs a, 0, b (row 1) and c (row 2)

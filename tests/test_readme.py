@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = "smollm2-135m-instruct"
 # commands shown with optional parts ([--quick], [--json FILE]) that run the real model for minutes:
 # each is run by the test named here instead
-RUN_ELSEWHERE = {"unlearn demo": "tests/test_demo.py", "python -m unlearn.bench": "tests/test_bench.py"}
+RUN_ELSEWHERE = {"unlearn demo": "tests/test_demo.py", "python benchmarks/bench.py": "tests/test_bench.py"}
 
 
 def readme_use_commands() -> list[str]:
@@ -35,7 +35,7 @@ def test_every_command_is_run_here_or_by_a_named_test():
     commands = readme_use_commands()
     assert len(commands) >= 10
     for command in commands:
-        assert command.startswith(("unlearn ", "python -m unlearn.")), command
+        assert command.startswith(("unlearn ", "python benchmarks/")), command
         elsewhere = [prefix for prefix in RUN_ELSEWHERE if command.startswith(prefix)]
         if elsewhere:
             assert (ROOT / RUN_ELSEWHERE[elsewhere[0]]).exists()

@@ -83,7 +83,7 @@ def test_override_without_equals_sign(run_config, tmp_path):
     ('eval={"tasks": [{"name": "harmfull"}]}', ["expected tags: 'harmful', 'leak'"]),
     ('data.template="Q: {prompt} {context} A: {response}"', ["data.template", "template must be"]),
     ('select={"eval": {"tasks": [{"name": "hallucination"}]}}',
-     ["select: eval: tasks.0.hallucination: forget: required key is missing (or give unseen:)"]),
+     ["select.eval.tasks.0.hallucination: forget: required key is missing (or give unseen:)"]),
 ], ids=["unknown-method", "unknown-objective", "negative-weight", "non-numeric-weight", "infinite-weight",
         "negative-source-weight", "unknown-judge", "unknown-eval-task", "template-with-unknown-field",
         "bad-validation-task"])

@@ -11,7 +11,8 @@ import yaml
 from rich.console import Console
 
 from unlearn.report.build import build_report, metrics_table
-from unlearn.report.metrics import direction, metric_rows
+from unlearn.config import parse_eval_config
+from unlearn.report.metrics import arrow, metric_rows
 
 METRICS = {
     "before": {"harmful_rate": 0.82, "harmful_rate@seen": 0.9, "harmful_rate@unseen": 0.74,
@@ -20,6 +21,11 @@ METRICS = {
     "after": {"harmful_rate": 0.06, "harmful_rate@seen": 0.04, "harmful_rate@unseen": 0.08,
               "similarity_to_original@normal": 0.83, "judge_accuracy": 0.58, "forget_leak_rate": 0.05,
               "retain_recall": 0.81, "nonsense_rate": 0.09, "diversity": 0.66, "mia_auc_loss@forget": 0.52},
+    # as the eval tasks declare them (config/eval.py); the demo adds its own names' directions
+    "directions": {"harmful_rate": "lower", "harmful_rate@seen": "lower", "harmful_rate@unseen": "lower",
+                   "similarity_to_original@normal": "higher", "judge_accuracy": None, "forget_leak_rate": "lower",
+                   "retain_recall": "higher", "nonsense_rate": "lower", "diversity": "higher",
+                   "mia_auc_loss@forget": 0.5},
 }
 HOSTILE_PROMPT = "Where does <Alice> live & work?"
 HOSTILE_OUTPUT = "<script>alert('x')</script> She lives in Oslo | works at Acme"
@@ -174,17 +180,56 @@ def test_empty_folder_is_an_input_error(tmp_path):
         build_report(tmp_path / "missing")
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("harmful_rate@unseen", -1), ("forget_leak_rate", -1), ("mia_auc_loss@forget", -1), ("perplexity", -1),
-    ("nonsense_rate", -1), ("retain_recall", 1), ("judge_accuracy", 1), ("similarity_to_original@normal", 1),
-    ("diversity", 1), ("bleu", 0),
-])
-def test_metric_direction_is_read_from_the_name(name, expected):
-    assert direction(name) == expected
+TASKS = {"harmful": {"name": "harmful", "unseen": {"path": "u.jsonl"}, "normal": {"path": "n.jsonl"}},
+         "leak": {"name": "leak", "unseen": {"path": "u.txt"}},
+         "hallucination": {"name": "hallucination", "forget": {"path": "h.jsonl"}, "unseen": {"path": "h2.jsonl"}},
+         "contains": {"name": "contains", "paraphrase": {"path": "p.jsonl"}, "unseen": {"path": "u.jsonl"},
+                      "retain": {"path": "r.jsonl"}},
+         "utility": {"name": "utility"},
+         "mia": {"name": "mia", "holdout": {"path": "h.jsonl"}}}
+EXPECTED = {  # which way is better, per task, as a user of this field reads each metric
+    "harmful": {"harmful_rate": "lower", "harmful_rate@forget": "lower", "harmful_rate@unseen": "lower",
+                "harmful_rate@normal": "lower", "refusal_rate@forget": "higher", "refusal_rate@unseen": "higher",
+                "refusal_rate@normal": "lower", "judge_accuracy": None},
+    "leak": {"leak_rate": "lower", **{f"{m}@{r}": "lower" for m in ("leak_rate", "bleu", "rouge_l")
+                                      for r in ("forget", "unseen")}},
+    "hallucination": {"hallucination_rate": "lower", "hallucination_rate@forget": "lower",
+                      "hallucination_rate@unseen": "lower"},
+    "contains": {"leak_rate": "lower", "leak_rate@forget": "lower", "leak_rate@paraphrase": "lower",
+                 "leak_rate@unseen": "lower", "recall@retain": "higher"},
+    "utility": {"similarity_to_original": "higher", "similarity_to_original@normal": "higher",
+                "rouge_l_to_original@normal": "higher", "bleu_to_original@normal": "higher",
+                "diversity@normal": "higher", "fluency_perplexity@normal": "lower", "nonsense_rate@normal": "lower",
+                "perplexity@normal": "lower"},
+    "mia": {"mia_auc_loss": 0.5, "mia_auc_zlib": 0.5, "mia_auc_min_k": 0.5, "mia_auc_min_k_pp": 0.5,
+            "answer_nll@forget": "higher", "answer_nll@holdout": None},
+}
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_each_tasks_declared_directions_are_what_the_report_shows(task, tmp_path):
+    directions = parse_eval_config({"tasks": [TASKS[task]]}).directions()
+    assert directions == EXPECTED[task]
+    metrics = {"before": {name: 0.6 for name in directions}, "after": {name: 0.5 for name in directions},
+               "directions": directions}
+    rows = {row.name: row for row in metric_rows(metrics)}
+    assert {name: row.direction for name, row in rows.items()} == directions
+    for name, row in rows.items():  # 0.6 -> 0.5: better when lower is, or closer to an ideal 0.5
+        better = directions[name] == "lower" or directions[name] == 0.5
+        assert row.verdict == ("same" if directions[name] is None else "better" if better else "worse"), name
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    build_report(tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    for name in directions:
+        group, _, subset = name.partition("@")
+        cell = (f"<b>{group}</b>" if not subset else f'<span class="subset">@{subset}</span>')
+        assert re.search(re.escape(cell) + r'</td><td class="dir" title="[^"]*">' + re.escape(arrow(directions[name])) +
+                         "</td>", page), name
 
 
 def test_metric_rows_group_by_prefix_and_handle_one_sided_metrics():
-    rows = metric_rows({"before": {"a_rate@x": 0.5, "b": 1.0}, "after": {"a_rate": 0.2, "a_rate@x": 0.4}})
+    rows = metric_rows({"before": {"a_rate@x": 0.5, "b": 1.0}, "after": {"a_rate": 0.2, "a_rate@x": 0.4},
+                        "directions": {"a_rate": "lower", "a_rate@x": "lower", "b": "higher"}})
     assert [(r.name, r.before, r.after, r.verdict) for r in rows] == [
         ("a_rate", None, 0.2, "same"), ("a_rate@x", 0.5, 0.4, "better"), ("b", 1.0, None, "same")]
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import sys
@@ -69,11 +70,9 @@ def run_command(config: Path = typer.Argument(..., help="YAML config."),
     overrides += ["model.trust_remote_code=true"] if trust_remote_code else []
     overrides += ["model.allow_pickle=true"] if allow_pickle else []
     cfg = load_config(config, overrides)  # before importing torch: a config error fails in a second
-    from unlearn.preflight import preflight
     from unlearn.run import run
 
-    preflight(cfg, output_dir, resume=resume, overwrite=overwrite)
-    result = run(cfg, output_dir, resume=resume, overwrite=overwrite)
+    result = run(cfg, output_dir, resume=resume, overwrite=overwrite)  # checks its input before loading weights
     _print_outcome(result)
     if result.summary.get("diverged"):  # the output is written, but the run did not go as asked
         print(f"error: run {result.summary['stop_reason']} (see {output_dir / 'summary.json'})", file=sys.stderr)
@@ -88,9 +87,10 @@ def _print_outcome(result) -> None:
     for kind, path in result.paths.items():
         console.print(f"  {kind}: {path}")
     if result.metrics:
+        from unlearn.layout import RunFolder
         from unlearn.report.build import metrics_table
 
-        console.print(metrics_table(result.metrics))
+        console.print(metrics_table(json.loads(RunFolder(result.output_dir).metrics.read_text())))
     console.print(f"  results: {result.output_dir}")
 
 
@@ -104,11 +104,12 @@ def eval_command(config: Path = typer.Argument(..., help="YAML config with an ev
     """Evaluate any model with the config's eval: section (writes metrics.json, generations.jsonl)."""
     from unlearn.evaluation.runner import evaluate_model
 
-    metrics = evaluate_model(config, model, output_dir, overrides=list(set_ or []), overwrite=overwrite)
+    evaluate_model(config, model, output_dir, overrides=list(set_ or []), overwrite=overwrite)
+    from unlearn.layout import RunFolder
     from unlearn.report.build import metrics_table
     from unlearn.ui import console
 
-    console.print(metrics_table(metrics))
+    console.print(metrics_table(json.loads(RunFolder(output_dir).metrics.read_text())))  # with directions
 
 
 @app.command("report")
@@ -153,11 +154,11 @@ def finetune_command(
         trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
         allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (*.bin) weights.")):
     """Set-up: full fine-tune until the model memorises DATA (so unlearning it can be measured)."""
-    from unlearn.memorise import memorise
+    from unlearn.finetune import run_finetune
     from unlearn.ui import console
 
     defaults = {"prompt": prompt, "response": response, "window_tokens": window_tokens, "prompt_tokens": prompt_tokens}
-    result = memorise(model, data, output_dir, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+    result = run_finetune(model, data, output_dir, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                       template=template, max_length=max_length, source_defaults=defaults, overwrite=overwrite,
                       trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     losses = ", ".join(f"{x:.3f}" for x in result.epoch_losses)
@@ -183,6 +184,7 @@ def compare_command(config: Path = typer.Argument(...),
     board = compare(config, [m.strip() for m in methods.split(",") if m.strip()], output_dir,
                     overrides=list(set_ or []), overwrite=overwrite, forget_metric=forget_metric,
                     utility_metric=utility_metric)
+    _print_board(board, output_dir)
     failed = [row["method"] for row in board["rows"] if row["status"] == "failed"]
     if failed:  # the leaderboard is written, but not every method ran
         print(f"error: {len(failed)} of {len(board['rows'])} methods failed ({', '.join(failed)}; see "
@@ -200,12 +202,19 @@ def leaderboard_command(runs: list[Path] = typer.Argument(..., help="Finished `u
                         utility_metric: Optional[str] = typer.Option(
                             None, "--utility-metric", help="Plotted utility metric, e.g. similarity_to_original@normal.")):
     """Leaderboard and frontier (plot and table) of runs made separately, evaluated the same way."""
-    from unlearn.compare import collect, leaderboard_table
+    from unlearn.compare import collect
+
+    _print_board(collect(runs, output_dir, forget_metric, utility_metric, overwrite), output_dir)
+
+
+def _print_board(board: dict, output_dir: Path) -> None:
+    from unlearn.report.leaderboard import leaderboard_table
     from unlearn.ui import console
 
-    board = collect(runs, output_dir, forget_metric, utility_metric, overwrite)
     console.print(leaderboard_table(board))
     console.print(f"  leaderboard: {output_dir / 'leaderboard.md'}, {output_dir / 'leaderboard.json'}")
+    if (output_dir / "frontier.png").exists():
+        console.print(f"  frontier plot: {output_dir / 'frontier.png'}")
 
 
 @app.command("interpolate")

@@ -71,6 +71,11 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def inside(path: Path, folder: Path) -> bool:
+    """`path` is `folder` or lies under it (both resolved by the caller)."""
+    return path == folder or folder in path.parents
+
+
 def append_jsonl(path: str | Path, row: dict) -> None:
     """One line per call, flushed: a killed run leaves every completed line intact."""
     with open(path, "a", encoding="utf-8") as out:

@@ -1,18 +1,19 @@
 """Checks that run before any heavy work (no weights loaded), so bad input fails in seconds with a
-one-line error naming the file, line or field. `unlearn run` calls `preflight` before `run`."""
+one-line error naming the file, line or field. `run()` (so `unlearn run`, `compare`, the demo)
+calls `preflight` first."""
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel
 
-from unlearn.config import ConfigError, RunConfig
+from unlearn.config import ConfigError, RunConfig, path_fields
 from unlearn.data.sources import DataError, detect_format, read_fields
+from unlearn.io import inside
+from unlearn.layout import OutputDirError, RunFolder
 from unlearn.models.loading import check_causal_lm, check_weights, resolve_source
-from unlearn.objectives.methods import resolve_method
-from unlearn.run import RUN_FILES, RUN_FOLDERS, OutputDirError, refuse_existing_run
+from unlearn.objectives.resolve import resolve_method
 
 # keys that may change between a run and its --resume: they do not change the steps already taken
 RESUMABLE_CHANGES = ("train.max_steps", "train.save_every", "train.log_every", "model.trust_remote_code",
@@ -27,12 +28,12 @@ def preflight(config: RunConfig, output_dir: Path, *, resume: bool = False, over
             raise DataError(f"{source.path}: data file not found ({where}.path)")
         if detect_format(source) != "text":  # malformed lines, unknown fields, nothing left after filtering
             read_fields(source, _fields(config.data, source))
-    if config.eval:
-        from unlearn.evaluation.config import parse_eval_config
-
-        for where, source in _data_files(parse_eval_config(config.eval), "eval"):
+    for section, where in ((config.eval, "eval"), (config.select, "select")):
+        for where, source in _data_files(section, where):
             if not Path(source.path).expanduser().is_file():
                 raise DataError(f"{source.path}: data file not found ({where}.path)")
+    if config.select is not None and config.eval is None and config.select.eval is None:
+        raise ConfigError("select: needs an eval: section (or select.eval) to validate with")
     model_folder = _check_model(config)
     _check_output_dir(config, output_dir, model_folder, resume, overwrite)
     _check_disk(config, output_dir, model_folder)
@@ -49,15 +50,8 @@ def _fields(data, source) -> tuple[str, ...]:
 
 
 def _data_files(node, where: str):
-    """(config path, source) for every data file named under a config section."""
-    if isinstance(node, BaseModel):
-        if isinstance(getattr(node, "path", None), str) and "format" in type(node).model_fields:
-            yield where, node
-        for name in type(node).model_fields:
-            yield from _data_files(getattr(node, name), f"{where}.{name}")
-    elif isinstance(node, list):
-        for index, item in enumerate(node):
-            yield from _data_files(item, f"{where}[{index}]")
+    """(config path, source) for every data file named under a config section (not model folders)."""
+    return [(at, source) for at, source in path_fields(node, where) if "format" in type(source).model_fields]
 
 
 def _check_model(config: RunConfig) -> Path | None:
@@ -72,10 +66,6 @@ def _check_model(config: RunConfig) -> Path | None:
     return None
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
-
-
 def _check_output_dir(config: RunConfig, output_dir: Path, model_folder: Path | None, resume: bool,
                       overwrite: bool) -> None:
     if output_dir.exists() and not output_dir.is_dir():
@@ -84,16 +74,16 @@ def _check_output_dir(config: RunConfig, output_dir: Path, model_folder: Path | 
     inputs = [Path(s.path).expanduser().resolve() for _, s in _data_files(config.data, "data")]
     if model_folder is not None:
         model_folder = model_folder.resolve()
-        if model_folder.is_dir() and _inside(out, model_folder):
+        if model_folder.is_dir() and inside(out, model_folder):
             raise OutputDirError(f"{output_dir}: is inside the model folder {model_folder}; inputs are never "
                                  "written to, choose another output folder")
         inputs.append(model_folder)
     for path in inputs:
-        for name in (*RUN_FOLDERS, *RUN_FILES):  # what the run writes, or --overwrite removes
-            if _inside(path, out / name):
+        for name in (*RunFolder.FOLDERS, *RunFolder.FILES):  # what the run writes, or --overwrite removes
+            if inside(path, out / name):
                 raise OutputDirError(f"{output_dir}: the run would write or replace {out / name}, which holds "
                                      f"the input {path}; choose another output folder")
-    refuse_existing_run(output_dir, resume, overwrite)
+    RunFolder(output_dir).refuse_existing_run(resume, overwrite)
     if resume and (output_dir / "config.yaml").is_file():
         changed = _first_change(yaml.safe_load((output_dir / "config.yaml").read_text()),
                                 config.model_dump(mode="json"))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,25 +11,17 @@ import torch
 from unlearn.config import ConfigError, RunConfig, dump_config, load_config
 from unlearn.data.batches import build_data
 from unlearn.data.original import original_answers, uses_original
-from unlearn.errors import InputError
 from unlearn.evaluation.cache import model_fingerprint
 from unlearn.io import atomic_write_json, atomic_write_text
+from unlearn.layout import RunFolder
 from unlearn.models.loading import load_model
 from unlearn.models.prepare import apply_lora, frozen_copy, num_layers, save_model
-from unlearn.objectives.methods import resolve_method
+from unlearn.objectives.resolve import ResolvedMethod, resolve_method
+from unlearn.preflight import preflight
 from unlearn.training.distributed import process_state, whole_model
 from unlearn.training.loop import train
 
 log = logging.getLogger(__name__)
-
-RUN_MARKERS = ("config.yaml", "train_log.jsonl", "summary.json", "metrics.json")
-RUN_FILES = (*RUN_MARKERS, "generations.jsonl", "report.html", "report.md", "negatives.jsonl")
-RUN_FOLDERS = ("checkpoints", "model", "adapter", "plots", "validation", "original_answers")  # RUN_FILES and RUN_FOLDERS: what --overwrite removes
-
-
-class OutputDirError(InputError):
-    pass
-
 
 @dataclass
 class RunResult:
@@ -40,26 +31,10 @@ class RunResult:
     metrics: dict | None = None
 
 
-def refuse_existing_run(output_dir: Path, resume: bool, overwrite: bool) -> None:
-    held = [m for m in RUN_MARKERS if (output_dir / m).exists()]
-    if held and not (resume or overwrite):
-        raise OutputDirError(f"{output_dir}: already holds a run ({held[0]}); pass --overwrite to replace it "
-                             "or --resume to continue it")
-
-
-def prepare_output_dir(output_dir: Path, resume: bool, overwrite: bool) -> None:
-    refuse_existing_run(output_dir, resume, overwrite)
-    if overwrite and not resume:
-        for name in RUN_FILES:
-            (output_dir / name).unlink(missing_ok=True)
-        for folder in RUN_FOLDERS:
-            shutil.rmtree(output_dir / folder, ignore_errors=True)
-    output_dir.mkdir(parents=True, exist_ok=True)
-
-
 def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: list[str] | None = None,
         resume: bool = False, overwrite: bool = False) -> RunResult:
-    """Run one unlearning job; everything lands in `output_dir`. Mirrors `unlearn run`."""
+    """Run one unlearning job; everything lands in `output_dir`. Mirrors `unlearn run`, its checks
+    included: bad input fails here, before any weights load."""
     if not isinstance(config, RunConfig):
         config = load_config(config, overrides)
     output_dir = Path(output_dir)
@@ -67,8 +42,11 @@ def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: li
     if config.data.forget.source == "self" and state.num_processes > 1:
         raise ConfigError("data.forget.source: self samples and judges on one process; run it without "
                           "accelerate launch (or with --num_processes 1)")
+    preflight(config, output_dir, resume=resume, overwrite=overwrite)
+    state.wait_for_everyone()  # every process checked the folder before the main one writes to it
+    folder = RunFolder(output_dir)
     if state.is_main_process:
-        prepare_output_dir(output_dir, resume, overwrite)
+        folder.prepare(resume, overwrite)
     state.wait_for_everyone()
     wall = {}
     started = time.perf_counter()
@@ -89,7 +67,7 @@ def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: li
                       mismatch_answers=method.mismatch_answers,
                       guard_answers=method.mismatch_answers if "guard" in method.groups else None)
     if state.is_main_process:
-        atomic_write_text(output_dir / "config.yaml", dump_config(config))
+        atomic_write_text(folder.config, dump_config(config))
     wall["load"] = time.perf_counter() - started
 
     evaluator = None
@@ -105,7 +83,7 @@ def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: li
     if config.model.lora is not None:
         torch.manual_seed(train_cfg.seed)  # LoRA's random init: the same seed gives the same run
         model = apply_lora(model, config.model.lora)
-    else:
+    elif needs_original(config, method):
         reference = frozen_copy(model)
     if config.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -117,20 +95,23 @@ def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: li
         from unlearn.training.onpolicy import OnPolicyNegatives
 
         hooks.append(OnPolicyNegatives(config.model_copy(update={"data": data_cfg}), tokenizer, data, output_dir))
-    if config.select:
-        hooks.append(_selector(config, data_cfg, tokenizer, output_dir, reference, model_files))
+    selector = _selector(config, data_cfg, tokenizer, output_dir, reference, model_files) if config.select else None
+    hooks += [selector] if selector else []
     tick = time.perf_counter()
     result = train(model, data, method, train_cfg, output_dir, reference_model=reference, hooks=hooks,
                    resume=resume)
     wall["train"] = time.perf_counter() - tick
-    for hook in hooks:
-        hook.finish(model)
+    if selector is not None:
+        selector.finish(model)  # the selected checkpoint's weights
     if not state.is_main_process:
         return RunResult(output_dir, {"steps": result.steps, "stop_reason": result.stop_reason,
                                       "diverged": result.diverged}, {})
     if result.full_state is not None:  # sharded training (FSDP, ZeRO-3): save the gathered weights
         model = whole_model(config, result.full_state)
-        reference = frozen_copy(load_model(config.model.name, config.model.dtype)[0]) if reference is not None else None
+        reference = None
+    if config.model.lora is None and reference is None and evaluator is not None:  # the after stage reads the original
+        reference = frozen_copy(load_model(config.model.name, config.model.dtype, config.model.trust_remote_code,
+                                           config.model.allow_pickle)[0])
 
     tick = time.perf_counter()
     paths = save_model(model, tokenizer, output_dir, config.output.save)
@@ -153,7 +134,7 @@ def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: li
     }
     for hook in hooks:
         summary.update(hook.summary())
-    atomic_write_json(output_dir / "summary.json", summary)
+    atomic_write_json(folder.summary, summary)
     if evaluator is not None:
         from unlearn.report.build import build_report
 
@@ -161,26 +142,32 @@ def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: li
     return RunResult(output_dir, summary, paths, metrics)
 
 
-def _selector(config: RunConfig, data_cfg, tokenizer, output_dir: Path, reference, model_files):
-    """Validation every `select.every` steps with a cheap copy of the eval section (or `select.eval`)."""
-    from unlearn.evaluation.runner import Evaluator
-    from unlearn.training.select import SelectConfig, Selector
+def needs_original(config: RunConfig, method: ResolvedMethod) -> bool:
+    """Whether a full fine-tune keeps a frozen copy of the original beside the model it trains: an
+    objective reads the original, the max_kl guard reads the KL, or validation compares with it."""
+    return bool(method.needs.reference_groups or config.train.max_kl is not None or config.select)
 
-    select = SelectConfig.model_validate(config.select)
-    eval_raw = select.eval
-    if eval_raw is None:
-        if not config.eval:
-            raise ConfigError("select: needs an eval: section (or select.eval) to validate with")
-        eval_raw = dict(config.eval)
-        generation = dict(eval_raw.get("generation") or {})
-        generation["max_new_tokens"] = min(generation.get("max_new_tokens", 48), 32)
-        eval_raw["generation"] = generation
-        eval_raw["max_rows"] = min(eval_raw.get("max_rows") or 16, 16)
-    evaluator = Evaluator(eval_raw, tokenizer, data_cfg, output_dir / "validation")
+
+def validation_eval(config: RunConfig):
+    """`select.eval`, else the run's eval section made cheap (32 new tokens, 16 rows per set)."""
+    if config.select.eval is not None:
+        return config.select.eval
+    generation = config.eval.generation
+    return config.eval.model_copy(update={
+        "generation": generation.model_copy(update={"max_new_tokens": min(generation.max_new_tokens, 32)}),
+        "max_rows": min(config.eval.max_rows or 16, 16)})
+
+
+def _selector(config: RunConfig, data_cfg, tokenizer, output_dir: Path, reference, model_files):
+    """Validation every `select.every` steps with `validation_eval(config)`."""
+    from unlearn.evaluation.runner import Evaluator
+    from unlearn.training.select import Selector
+
+    evaluator = Evaluator(validation_eval(config), tokenizer, data_cfg, RunFolder(output_dir).validation)
 
     def validate(model, step: int) -> dict[str, float]:
         if step == 0:  # the original model (adapters still zero, or the untouched full model)
             return evaluator.evaluate_original(model, model_files)
         return evaluator.evaluate(model, stage=f"step-{step}", reference_model=reference)
 
-    return Selector(select, validate, output_dir)
+    return Selector(config.select, validate, output_dir)

@@ -59,9 +59,6 @@ class StepBatch:
     labels: torch.Tensor
     row_group: list[str]  # one of GROUPS per row
 
-    def rows(self, group: str) -> torch.Tensor:
-        return torch.tensor([g == group for g in self.row_group])
-
     def select(self, groups: tuple[str, ...]) -> "StepBatch":
         keep = [i for i, g in enumerate(self.row_group) if g in groups]
         index = torch.tensor(keep, dtype=torch.long)

@@ -7,7 +7,7 @@ are what generation is conditioned on, so training and evaluation see identical 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -35,7 +35,6 @@ class Encoded:
 class TruncationCount:
     truncated: int = 0
     dropped: int = 0
-    details: list[str] = field(default_factory=list)
 
 
 class PairEncoder:

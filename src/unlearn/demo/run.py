@@ -25,7 +25,8 @@ from unlearn.demo.scenario import GENERAL_PROMPTS, make_scenario
 from unlearn.evaluation.generation import generate
 from unlearn.io import atomic_dir, atomic_write_json, atomic_write_jsonl
 from unlearn.models.loading import cache_dir, load_model
-from unlearn.run import prepare_output_dir, run
+from unlearn.layout import RunFolder
+from unlearn.run import run
 from unlearn.training.finetune import finetune
 from unlearn.ui import console, table
 
@@ -173,7 +174,8 @@ def demo_config(model: Path, paths: dict[str, Path], size: DemoSize) -> dict:
 
 def run_demo(output_dir: str | Path, quick: bool = False, overwrite: bool = True) -> dict:
     output_dir = Path(output_dir)
-    prepare_output_dir(output_dir, resume=False, overwrite=overwrite)
+    folder = RunFolder(output_dir)
+    folder.prepare(resume=False, overwrite=overwrite)
     size = QUICK if quick else FULL
     scenario = make_scenario(size.n_forget, size.n_retain, seed=0)
     wall = {}
@@ -193,17 +195,17 @@ def run_demo(output_dir: str | Path, quick: bool = False, overwrite: bool = True
     for part, value in result.summary["wall_seconds"].items():
         wall[f"run.{part}"] = value
 
-    metrics = json.loads((output_dir / "metrics.json").read_text())
-    for stage in ("before", "after"):
-        for name, key in DEMO_METRICS.items():
+    metrics = json.loads(folder.metrics.read_text())
+    for name, key in DEMO_METRICS.items():
+        for stage in ("before", "after", "directions"):
             metrics[stage][name] = metrics[stage].get(key)
-    atomic_write_json(output_dir / "metrics.json", metrics)
+    atomic_write_json(folder.metrics, metrics)
     summary = dict(result.summary, demo={"quick": quick, "forget_people": size.n_forget,
                                          "retain_people": size.n_retain, "leaky_model": str(leaky),
                                          "inject_cached": cached})
     wall["total"] = round(time.perf_counter() - started, 2)
     summary["wall_seconds"] = wall
-    atomic_write_json(output_dir / "summary.json", summary)
+    atomic_write_json(folder.summary, summary)
     from unlearn.report.build import build_report
 
     build_report(output_dir)

@@ -1,6 +1,6 @@
 """Evaluation: generate on prompt sets, score the outputs, write metrics.json and generations.jsonl.
 
-Data flow: `eval:` (config.py, validated when the run config loads) -> runner.Evaluator reads every
+Data flow: `eval:` (config/eval.py, validated when the run config loads) -> runner.Evaluator reads every
 prompt set once, encoded exactly as training encodes prompts -> for each stage, each task
 (tasks.py, registered by name) generates in batches (generation.py) and scores with small metric
 functions (metrics.py, privacy.py, judges.py) -> flat `metric@role -> float` dicts.

@@ -28,19 +28,6 @@ def eval_mode(model):
         model.train(was_training)
 
 
-@contextlib.contextmanager
-def original_of(model, reference_model=None):
-    """The model before unlearning: the frozen reference copy, else a PEFT model with its adapters
-    disabled, else the model itself (it is the original, e.g. the 'before' stage)."""
-    if reference_model is not None:
-        yield reference_model
-    elif hasattr(model, "disable_adapter"):
-        with model.disable_adapter():
-            yield model
-    else:
-        yield model
-
-
 def _batches(order: list[int], size: int):
     for start in range(0, len(order), size):
         yield order[start:start + size]

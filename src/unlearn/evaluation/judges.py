@@ -14,7 +14,7 @@ import numpy as np
 
 from unlearn.config import ConfigError, DataConfig
 from unlearn.data.sources import DataError, Pair, read_pairs
-from unlearn.evaluation.config import JudgeConfig
+from unlearn.config.eval import JudgeConfig
 from unlearn.evaluation.embedding import Embedder, embed
 from unlearn.objectives.methods import DEFAULT_REFUSALS
 

@@ -2,8 +2,9 @@
 
 `unlearn run` builds one Evaluator, evaluates the original model as stage "before" (its outputs on
 every prompt set are kept as the original outputs) and the unlearned model as "after". After each
-stage both files are rewritten whole: metrics.json = {"before": {...}, "after": {...}} with flat
-`metric@role -> float` dicts, generations.jsonl one row per generated output.
+stage both files are rewritten whole: metrics.json = {"before": {...}, "after": {...}, "directions":
+{...}} with flat `metric@role -> float` dicts and each metric's direction ("higher", "lower", an ideal
+value, or null), generations.jsonl one row per generated output.
 `unlearn eval` (evaluate_model) does the same for any saved model against the config's model.
 """
 from __future__ import annotations
@@ -15,15 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from unlearn.config import ConfigError, DataConfig, SourceConfig, load_config
+from unlearn.config.eval import AnswerSource, EvalConfig
 from unlearn.data.batches import encoder_for
 from unlearn.data.encoding import Encoded, PairEncoder
 from unlearn.data.sources import DataError, detect_format, read_fields, read_pairs
-from unlearn.evaluation.config import AnswerSource, EvalConfig, parse_eval_config
 from unlearn.evaluation.embedding import embed
-from unlearn.evaluation.generation import TokenScores, answer_stop_ids, generate, original_of, score_answers
+from unlearn.evaluation.generation import TokenScores, answer_stop_ids, generate, score_answers
 from unlearn.evaluation.judges import Judge, build_judge, judge_examples
 from unlearn.evaluation.tasks import TASKS
 from unlearn.io import atomic_write_json, atomic_write_jsonl
+from unlearn.layout import OutputDirError, RunFolder
+from unlearn.models.prepare import original_model
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +105,14 @@ class TaskRun:
         return self.evaluator.originals.get((self.task.name, role))
 
     def original_model(self):
-        return original_of(self.model, self.reference_model)
+        return original_model(self.model, self.reference_model)
 
 
 class Evaluator:
     """Reads every prompt set once (so bad eval data fails before training), then evaluates stages."""
 
-    def __init__(self, eval_cfg: dict | EvalConfig, tokenizer, data_cfg: DataConfig, output_dir: Path):
-        self.config = eval_cfg if isinstance(eval_cfg, EvalConfig) else parse_eval_config(eval_cfg)
+    def __init__(self, eval_cfg: EvalConfig, tokenizer, data_cfg: DataConfig, output_dir: Path):
+        self.config = eval_cfg
         self.tokenizer, self.data, self.output_dir = tokenizer, data_cfg, Path(output_dir)
         self.embed = embed
         self.tasks = [(task, self._load_sets(index, task)) for index, task in enumerate(self.config.tasks)]
@@ -176,8 +179,7 @@ class Evaluator:
         self.rows = [r for r in self.rows if r["stage"] != "before"] + entry["rows"]
         self.originals.update({(task, role): outputs for task, role, outputs in entry["originals"]})
         self.metrics["before"] = entry["metrics"]
-        atomic_write_json(self.output_dir / "metrics.json", self.metrics)
-        atomic_write_jsonl(self.output_dir / "generations.jsonl", self.rows)
+        self._write()
         return entry["metrics"]
 
     def evaluate(self, model, stage: str, reference_model=None, model_name: str | None = None) -> dict[str, float]:
@@ -194,9 +196,17 @@ class Evaluator:
                 results[task.headline] = values[headline]
             results.update(values)
         self.metrics[stage] = results
-        atomic_write_json(self.output_dir / "metrics.json", self.metrics)
-        atomic_write_jsonl(self.output_dir / "generations.jsonl", self.rows)
+        self._write()
         return results
+
+    def saved(self) -> dict:
+        """metrics.json's content: the stages, and which way is better for each metric."""
+        return {**self.metrics, "directions": self.config.directions()}
+
+    def _write(self) -> None:
+        folder = RunFolder(self.output_dir)
+        atomic_write_json(folder.metrics, self.saved())
+        atomic_write_jsonl(folder.generations, self.rows)
 
 
 def _label(model) -> str:
@@ -238,23 +248,23 @@ def evaluate_model(config_path, model: str, output_dir, overrides: list[str] | N
                    overwrite: bool = False, reuse_original_answers: bool = False) -> dict:
     """`unlearn eval`: the config's model is evaluated as "before" (the original outputs), then
     `model` (HF folder, PEFT adapter folder, alias or .gguf) as "after". When `model` is the config's
-    model itself only "before" is written. Returns metrics.json's content. The before stage is
+    model itself only "before" is written. Returns the stages of metrics.json. The before stage is
     taken from the shared cache when this model, eval config, data and code were evaluated before.
     Normal data with `source: original` is answered by the original model first (the judge learns
     from those answers); `reuse_original_answers` takes them from OUTPUT_DIR/original_answers/."""
     from unlearn.data.original import original_answers, uses_original
     from unlearn.evaluation.cache import model_fingerprint
     from unlearn.models.loading import load_model
-    from unlearn.run import OutputDirError
 
     config = load_config(config_path, overrides)
     if not config.eval:
         raise ConfigError(f"{config_path}: no eval: section to evaluate with")
     output_dir = Path(output_dir)
-    if (output_dir / "metrics.json").exists() and not overwrite:
+    folder = RunFolder(output_dir)
+    if folder.metrics.exists() and not overwrite:
         raise OutputDirError(f"{output_dir}: already holds metrics.json; pass --overwrite to replace it")
-    for name in ("metrics.json", "generations.jsonl"):
-        (output_dir / name).unlink(missing_ok=True)
+    for path in (folder.metrics, folder.generations):
+        path.unlink(missing_ok=True)
     output_dir.mkdir(parents=True, exist_ok=True)
 
     original, tokenizer = load_model(config.model.name, config.model.dtype, config.model.trust_remote_code,

@@ -2,7 +2,7 @@
 
 A task function gets a `TaskRun` (its config, its prompt sets by role, the stage's model) and
 returns flat metrics `{"<metric>@<role>": value}`. Adding a task: a config class in
-evaluation/config.py and one function here.
+config/eval.py (its roles, metrics and their directions) and one function here.
 """
 from __future__ import annotations
 

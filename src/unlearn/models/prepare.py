@@ -1,6 +1,7 @@
 """Make a model trainable (LoRA or full), give access to the original, and save results."""
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 
@@ -26,6 +27,25 @@ def frozen_copy(model):
     return reference
 
 
+@contextlib.contextmanager
+def original_model(model, frozen=None):
+    """The model before unlearning: the frozen copy (a full fine-tune), else the model with its
+    adapters disabled (LoRA), else the model itself (nothing changed it yet: the 'before' stage).
+    In eval mode: the original's distribution has no dropout noise (OPT and GPT-2 train with
+    dropout 0.1, which would otherwise make the KL target random)."""
+    if frozen is not None:
+        yield frozen
+        return
+    training = model.training
+    model.eval()
+    try:
+        inner = unwrap(model)
+        with inner.disable_adapter() if hasattr(inner, "disable_adapter") else contextlib.nullcontext():
+            yield model
+    finally:
+        model.train(training)
+
+
 def num_layers(model) -> int | None:
     config = getattr(model, "config", None)
     for key in ("num_hidden_layers", "n_layer", "num_layers"):
@@ -36,6 +56,11 @@ def num_layers(model) -> int | None:
 
 def is_lora(model) -> bool:
     return hasattr(model, "peft_config")
+
+
+def unwrap(model):
+    """The model inside a DDP wrapper (a PEFT model has a `module`-free interface of its own)."""
+    return model.module if hasattr(model, "module") and not hasattr(model, "disable_adapter") else model
 
 
 def save_model(model, tokenizer, output_dir: Path, save: str) -> dict[str, str]:

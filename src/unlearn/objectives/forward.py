@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from unlearn.data.batches import StepBatch
 from unlearn.data.encoding import IGNORE
+from unlearn.models.prepare import original_model, unwrap
 
 # What one extra forward costs, in padded token positions (kernel launches, small matmuls):
 # splitting rows into one more length bucket must save more positions than this.
@@ -153,10 +154,6 @@ def pack_rows(ids: list[list[int]], labels: list[list[int]], share_prompts: bool
     return packed
 
 
-def unwrap(model):
-    return model.module if hasattr(model, "module") and not hasattr(model, "disable_adapter") else model
-
-
 @contextlib.contextmanager
 def head_on(model, sequence: torch.Tensor, position: torch.Tensor):
     """Feed the LM head only the hidden states at (sequence, position) pairs, inside the model's
@@ -237,23 +234,6 @@ def _model_pass(model, batch: StepBatch, full_groups: set[str], hidden_layer: in
         full[group] = F.log_softmax(logits[in_group[row_index]], dim=-1)
     hidden = outputs.hidden_states[hidden_layer + 1] if as_is else None
     return Pass(logps, row_index, list(batch.row_group), full, hidden, batch.attention_mask)
-
-
-@contextlib.contextmanager
-def original_model(model, frozen_copy):
-    """The model before unlearning: adapters off (LoRA) or the frozen copy (full fine-tune).
-    Both run in eval mode: the original's distribution has no dropout noise (OPT and GPT-2 train
-    with dropout 0.1, which would otherwise make the KL target random)."""
-    if frozen_copy is not None:
-        yield frozen_copy
-    else:
-        training = model.training
-        model.eval()
-        try:
-            with unwrap(model).disable_adapter():
-                yield model
-        finally:
-            model.train(training)
 
 
 def step_forward(model, batch: StepBatch, needs: Needs, frozen_copy=None, split_rows: bool = True) -> StepOutputs:

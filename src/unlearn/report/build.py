@@ -9,98 +9,58 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 import yaml
 
 from unlearn.io import atomic_dir, atomic_write_text, read_jsonl
+from unlearn.layout import RunFolder
 from unlearn.report import plots
 from unlearn.report.html_page import render_html
 from unlearn.report.markdown_page import render_markdown
-from unlearn.report.metrics import MetricRow, fmt, metric_rows, metrics_table, split_stages
+from unlearn.report.content import Example, ExampleGroup, Fact, Report, duration
+from unlearn.report.metrics import fmt, metric_rows, metrics_table, split_stages
 
-__all__ = ["build_report", "metrics_table", "load_report"]
+__all__ = ["build_report", "duration", "metrics_table", "load_report"]
 
 log = logging.getLogger(__name__)
 
-RUN_FILES = ("config.yaml", "summary.json", "train_log.jsonl", "metrics.json", "generations.jsonl")
 EXAMPLES_PER_SUBSET = 3
 PROMPT_CHARS, OUTPUT_CHARS = 240, 360
 UNREMARKABLE = {"grad_accum": 1, "warmup_steps": 0}  # train settings not worth a line at these values
 
 
-class Fact(NamedTuple):
-    label: str
-    value: str
-    note: str = ""  # a short qualifier shown under the value
-
-
-@dataclass(frozen=True)
-class Example:
-    prompt: str
-    outputs: dict[str, str | None]  # stage -> output (None: not generated at that stage)
-
-
-@dataclass(frozen=True)
-class ExampleGroup:
-    task: str
-    subset: str
-    examples: list[Example]
-
-
-@dataclass
-class Report:
-    """Everything the two renderers show, already read, paired and truncated."""
-    folder: Path
-    title: str
-    facts: list[Fact] = field(default_factory=list)  # the header's cards
-    warnings: list[str] = field(default_factory=list)
-    settings: list[tuple[str, str]] = field(default_factory=list)  # key config values
-    timing: list[tuple[str, str]] = field(default_factory=list)  # phase -> duration
-    config_text: str | None = None
-    metrics: list[MetricRow] = field(default_factory=list)
-    metric_stages: list[str] = field(default_factory=list)
-    selection: str | None = None
-    onpolicy: list[list[str]] = field(default_factory=list)  # one row of ONPOLICY_COLUMNS per round
-    validation_columns: list[str] = field(default_factory=list)
-    validation: list[list[str]] = field(default_factory=list)  # one row per validation, selected one marked
-    plots: list[plots.Plot] = field(default_factory=list)
-    examples: list[ExampleGroup] = field(default_factory=list)
-    example_stages: list[str] = field(default_factory=list)
-
-    def plot(self, name: str) -> plots.Plot | None:
-        return next((p for p in self.plots if p.name == name), None)
-
-
 def build_report(output_dir: str | Path) -> list[Path]:
     """Write report.html, report.md and plots/*.png for a run folder; return the paths written."""
-    output_dir = Path(output_dir)
-    report = load_report(output_dir)
-    html_path = atomic_write_text(output_dir / "report.html", render_html(report))
-    with atomic_dir(output_dir / "plots") as folder:  # replaces stale plots from an earlier build
+    folder = RunFolder(output_dir)
+    report = load_report(folder.root)
+    html_path = atomic_write_text(folder.report_html, render_html(report))
+    with atomic_dir(folder.plots) as plots_dir:  # replaces stale plots from an earlier build
         for plot in report.plots:
-            (folder / f"{plot.name}.png").write_bytes(plot.png)
-    md_path = atomic_write_text(output_dir / "report.md", render_markdown(report, plots_dir="plots"))
-    return [html_path, md_path, *(output_dir / "plots" / f"{p.name}.png" for p in report.plots)]
+            (plots_dir / f"{plot.name}.png").write_bytes(plot.png)
+    md_path = atomic_write_text(folder.report_md, render_markdown(report, plots_dir=folder.plots.name))
+    return [html_path, md_path, *(folder.plots / f"{p.name}.png" for p in report.plots)]
 
 
 def load_report(output_dir: Path) -> Report:
-    if not output_dir.is_dir():
+    folder = RunFolder(output_dir)
+    if not folder.root.is_dir():
         raise FileNotFoundError(f"{output_dir}: not a folder")
-    if not any((output_dir / name).exists() for name in RUN_FILES):
-        raise FileNotFoundError(f"{output_dir}: nothing to report on (none of {', '.join(RUN_FILES)})")
-    config_text = _read_text(output_dir / "config.yaml")
-    config = _parse(config_text, yaml.safe_load, output_dir / "config.yaml") if config_text else None
+    inputs = (folder.config, folder.summary, folder.train_log, folder.metrics, folder.generations)
+    if not any(path.exists() for path in inputs):
+        raise FileNotFoundError(f"{output_dir}: nothing to report on (none of {', '.join(p.name for p in inputs)})")
+    config_text = _read_text(folder.config)
+    config = _parse(config_text, yaml.safe_load, folder.config) if config_text else None
     config = config if isinstance(config, dict) else {}
-    summary = _read_json(output_dir / "summary.json") or {}
-    metrics = _read_json(output_dir / "metrics.json") or {}
-    log_rows = [r for r in read_jsonl(output_dir / "train_log.jsonl") if isinstance(r, dict)]
+    summary = _read_json(folder.summary) or {}
+    metrics = _read_json(folder.metrics) or {}
+    validated = _read_json(RunFolder(folder.validation).metrics) or {}  # select: evaluates into validation/
+    validation_directions = validated.get("directions") if isinstance(validated.get("directions"), dict) else {}
+    log_rows = [r for r in read_jsonl(folder.train_log) if isinstance(r, dict)]
     train_rows = [r for r in log_rows if not r.get("validation") and not r.get("kind")]
     validation_rows = [r for r in log_rows if r.get("validation")]
     onpolicy_rows = [r for r in log_rows if r.get("kind") == "onpolicy"]
-    generations = [r for r in read_jsonl(output_dir / "generations.jsonl") if isinstance(r, dict)]
+    generations = [r for r in read_jsonl(folder.generations) if isinstance(r, dict)]
 
     model = _get(config, "model", "name") or next((g["model"] for g in generations if g.get("model")), None)
     method = summary.get("method") or _get(config, "method", "name")
@@ -124,7 +84,8 @@ def load_report(output_dir: Path) -> Report:
     report.plots = [p for p in (plots.metric_bars(report.metrics, report.metric_stages),
                                 plots.training_curves(train_rows, marks),
                                 plots.loss_terms(train_rows, marks),
-                                plots.validation_trajectory(validation_rows, selected)) if p is not None]
+                                plots.validation_trajectory(validation_rows, selected, validation_directions))
+                    if p is not None]
     return report
 
 
@@ -190,11 +151,6 @@ def _settings(config: dict, summary: dict) -> list[tuple[str, str]]:
     return out
 
 
-ONPOLICY_COLUMNS = ("round", "step", "sampled", "flagged", "flagged share", "negatives")
-ONPOLICY_NOTE = ("Each round samples the model's own answers to the forget prompts; the ones the judge flags are "
-                 "what training unlearns until the next round (all answers are in negatives.jsonl).")
-
-
 def _validation_table(rows: list[dict], select: dict | None, selected: int | None,
                       most: int = 6) -> tuple[list[str], list[list[str]]]:
     """The validation trajectory as a table: the metrics the selection rules name first, then other
@@ -251,16 +207,6 @@ def truncate(text: str, limit: int) -> str:
     cut = text[:limit]
     space = cut.rfind(" ")
     return (cut[:space] if space > limit * 0.8 else cut).rstrip() + " …"  # end on a word where one is near
-
-
-def duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, seconds = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {seconds:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
 
 
 def _get(config: dict, *keys):

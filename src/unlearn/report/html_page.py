@@ -6,10 +6,10 @@ import base64
 from html import escape
 from typing import TYPE_CHECKING
 
-from unlearn.report.metrics import arrow, fmt
+from unlearn.report.metrics import arrow, explain, fmt
 
 if TYPE_CHECKING:
-    from unlearn.report.build import Report
+    from unlearn.report.content import Report
     from unlearn.report.plots import Plot
 
 CSS = """
@@ -100,7 +100,7 @@ def _metrics(report: Report) -> str:
         last_group = row.group
         name = (f"<b>{escape(row.group)}</b>" if first else "") + (
             f' <span class="subset">@{escape(row.subset)}</span>' if row.subset else "")
-        tip = {1: "higher is better", -1: "lower is better"}.get(row.direction, "direction unknown")
+        tip = explain(row.direction)
         cells = [f"<td>{name}</td>", f'<td class="dir" title="{tip}">{arrow(row.direction)}</td>']
         cells += [f'<td class="num">{fmt(row.values[s])}</td>' for s in stages]
         if paired:
@@ -129,7 +129,7 @@ def _training(report: Report) -> str:
 def _onpolicy(report: Report) -> str:
     if not report.onpolicy:
         return ""
-    from unlearn.report.build import ONPOLICY_COLUMNS, ONPOLICY_NOTE
+    from unlearn.report.content import ONPOLICY_COLUMNS, ONPOLICY_NOTE
 
     head = "".join(f'<th class="num">{escape(c)}</th>' for c in ONPOLICY_COLUMNS)
     rows = "".join("<tr>" + "".join(f'<td class="num">{escape(c)}</td>' for c in cells) + "</tr>"

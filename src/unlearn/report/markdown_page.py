@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from unlearn.report.metrics import arrow, fmt
 
 if TYPE_CHECKING:
-    from unlearn.report.build import Report
+    from unlearn.report.content import Report
 
 MARK = {"better": " ✓", "worse": " ✗", "same": ""}
 
@@ -27,7 +27,7 @@ def render_markdown(report: Report, plots_dir: str) -> str:
                  *([fmt(row.delta, signed=True) + MARK[row.verdict]] if paired else [])] for row in report.metrics]
         out += table(["metric", "", *stages, *(["change"] if paired else [])], rows, numeric_from=2)
         if paired:
-            out += ["", "↑ higher is better, ↓ lower is better; ✓ the change helps, ✗ it hurts."]
+            out += ["", "↑ higher is better, ↓ lower is better, →x: x is ideal; ✓ the change helps, ✗ it hurts."]
         out += [""] + image(report, "metrics", plots_dir)
 
     training = image(report, "training", plots_dir) + image(report, "loss_terms", plots_dir)
@@ -37,7 +37,7 @@ def render_markdown(report: Report, plots_dir: str) -> str:
             out += ["Time: " + " · ".join(f"{phase} {value}" for phase, value in report.timing), ""]
 
     if report.onpolicy:
-        from unlearn.report.build import ONPOLICY_COLUMNS, ONPOLICY_NOTE
+        from unlearn.report.content import ONPOLICY_COLUMNS, ONPOLICY_NOTE
 
         out += ["## On-policy negatives", "", ONPOLICY_NOTE, ""]
         out += table(list(ONPOLICY_COLUMNS), report.onpolicy, numeric_from=0) + [""]

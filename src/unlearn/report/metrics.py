@@ -1,7 +1,8 @@
 """Before/after metric rows: which direction is better, the change, and the terminal table.
 
 Metric names are free-form (`harmful_rate@unseen`): the part before '@' is the group, the part after
-it the subset it was measured on. Direction is read from the name, so a new metric needs no entry here.
+it the subset it was measured on. Which way is better comes from the eval task that wrote a metric
+(metrics.json's "directions", see config/eval.py): "higher", "lower", an ideal value, or None.
 """
 from __future__ import annotations
 
@@ -10,22 +11,31 @@ from dataclasses import dataclass
 
 from rich.table import Table
 
-HIGHER_IS_BETTER = ("recall", "accuracy", "similarity", "diversity")  # checked first: "recall_rate" is higher
-LOWER_IS_BETTER = ("rate", "leak", "auc", "perplexity", "nonsense")
+from unlearn.config.eval import Direction
 
 
-def direction(name: str) -> int:
-    """+1 if higher is better, -1 if lower is better, 0 if the name does not say."""
-    base = name.split("@", 1)[0].lower()
-    if any(word in base for word in HIGHER_IS_BETTER):
-        return 1
-    if any(word in base for word in LOWER_IS_BETTER):
-        return -1
-    return 0
+def goodness(direction: Direction, value: float | None) -> float | None:
+    """The value signed so that higher is better: kept ("higher"), negated ("lower"), minus its
+    distance to an ideal value (a number); None when the direction or the value is unknown."""
+    if value is None or direction is None or not math.isfinite(value):
+        return None
+    if direction == "higher":
+        return value
+    if direction == "lower":
+        return -value
+    return -abs(value - float(direction))
 
 
-def arrow(sign: int) -> str:
-    return {1: "↑", -1: "↓"}.get(sign, "")
+def arrow(direction: Direction) -> str:
+    if direction is None:
+        return ""
+    return {"higher": "↑", "lower": "↓"}.get(direction) or f"→{float(direction):g}"
+
+
+def explain(direction: Direction) -> str:
+    if direction is None:
+        return "direction unknown"
+    return {"higher": "higher is better", "lower": "lower is better"}.get(direction) or f"{float(direction):g} is ideal"
 
 
 @dataclass(frozen=True)
@@ -34,7 +44,7 @@ class MetricRow:
     group: str
     subset: str  # "" for the metric measured on the whole group
     values: dict[str, float | None]  # stage ("before", "after", or "value" for a flat dict) -> value
-    direction: int
+    direction: Direction
 
     @property
     def before(self) -> float | None:
@@ -53,10 +63,10 @@ class MetricRow:
     @property
     def verdict(self) -> str:
         """'better', 'worse' or 'same' (also 'same' when the direction or a value is unknown)."""
-        delta = self.delta
-        if delta is None or not self.direction or not math.isfinite(delta) or abs(delta) < 1e-12:
+        before, after = goodness(self.direction, self.before), goodness(self.direction, self.after)
+        if before is None or after is None or abs(after - before) < 1e-12:
             return "same"
-        return "better" if delta * self.direction > 0 else "worse"
+        return "better" if after > before else "worse"
 
 
 def split_stages(metrics: dict) -> dict[str, dict[str, float]]:
@@ -66,8 +76,10 @@ def split_stages(metrics: dict) -> dict[str, dict[str, float]]:
 
 
 def metric_rows(metrics: dict) -> list[MetricRow]:
-    """One row per metric name, groups in order of first appearance, the unqualified name first."""
+    """One row per metric name, groups in order of first appearance, the unqualified name first;
+    directions from the file's "directions" (none: unknown)."""
     stages = split_stages(metrics)
+    directions = metrics.get("directions") if isinstance(metrics.get("directions"), dict) else {}
     names = list(dict.fromkeys(name for values in stages.values() for name in values))
     groups = list(dict.fromkeys(n.split("@", 1)[0] for n in names))
     rows = []
@@ -77,7 +89,7 @@ def metric_rows(metrics: dict) -> list[MetricRow]:
         for name in members:
             rows.append(MetricRow(name, group, name.split("@", 1)[1] if "@" in name else "",
                                   {stage: _number(values.get(name)) for stage, values in stages.items()},
-                                  direction(name)))
+                                  directions.get(name)))
     return rows
 
 
@@ -117,3 +129,24 @@ def metrics_table(metrics: dict) -> Table:
             cells.append(f"[{colour[row.verdict]}]{fmt(row.delta, signed=True)}[/]")
         table.add_row(*cells)
     return table
+
+
+ORIGINAL = "original"  # the leaderboard's row and point of the model before unlearning
+
+
+def original_value(before: dict, name: str) -> float | None:
+    """The original model's value of a metric; a `*_to_original` metric compares it with itself."""
+    if name.split("@")[0].endswith("_to_original"):
+        return 1.0
+    value = before.get(name)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def board_goodness(board: dict, name: str, value: float | None) -> float | None:
+    """`goodness` by a leaderboard's directions. A column whose task declares none (one named by
+    --forget-metric / --utility-metric, e.g. answer_nll@holdout) counts as lower-is-better when it is
+    a forget column and higher-is-better when it is a utility column."""
+    direction = board["directions"].get(name)
+    if direction is None:
+        direction = "lower" if name in board["forget_metrics"] else "higher"
+    return goodness(direction, value)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import matplotlib
 from matplotlib.figure import Figure
 
-from unlearn.report.metrics import MetricRow, arrow, direction, fmt
+from unlearn.report.metrics import MetricRow, arrow, fmt
 
 FULL_WIDTH = 10.4  # inches; the report's content column is 1040 px
 DPI = 160
@@ -91,7 +91,8 @@ def metric_bars(rows: list[MetricRow], stages: list[str]) -> Plot | None:
                 ax.bar_label(bars, labels=[fmt(v) if math.isfinite(v) else "" for v in values], fontsize=7.5,
                              padding=2, color="#374151")
                 shown += [v for v in values if math.isfinite(v)]
-            ax.set_title(f"{group} {arrow(direction(group))}".strip(), fontsize=9.5)
+            directions = {r.direction for r in members}  # one arrow when every subset agrees
+            ax.set_title(f"{group} {arrow(directions.pop()) if len(directions) == 1 else ''}".strip(), fontsize=9.5)
             ax.set_xticks(range(len(members)), [r.subset or "all" for r in members] if len(members) > 1 else [""])
             ax.tick_params(axis="x", length=0)
             ax.grid(axis="x", visible=False)
@@ -154,14 +155,14 @@ def loss_terms(rows: list[dict], marks: dict[str, int]) -> Plot | None:
         return _render(figure, "loss_terms", "Loss and its weighted terms")
 
 
-def validation_trajectory(rows: list[dict], selected: int | None) -> Plot | None:
-    """Validation metrics over steps: forget metrics beside utility metrics (and the selection score),
-    with the selected step marked on every line."""
+def validation_trajectory(rows: list[dict], selected: int | None, directions: dict) -> Plot | None:
+    """Validation metrics over steps, lower-is-better beside higher-is-better ones (and the selection
+    score), with the selected step marked on every line."""
     names = [k for k in dict.fromkeys(k for r in rows for k in r)
              if k not in ("step", "validation", "seconds") and any(_finite(r.get(k)) for r in rows)]
-    panels = {"Forget (lower is better)": [n for n in names if direction(n) < 0],
-              "Utility (higher is better)": [n for n in names if direction(n) > 0],
-              "Other": [n for n in names if not direction(n) and n != "score"],
+    panels = {"Lower is better": [n for n in names if directions.get(n) == "lower"],
+              "Higher is better": [n for n in names if directions.get(n) == "higher"],
+              "Other": [n for n in names if directions.get(n) not in ("lower", "higher") and n != "score"],
               "Selection score (maximised)": [n for n in names if n == "score"]}
     panels = {title: members for title, members in panels.items() if members}
     if not panels:

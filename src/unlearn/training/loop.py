@@ -17,8 +17,8 @@ from unlearn.config import TrainConfig
 from unlearn.data.batches import GROUPS, UnlearnData
 from unlearn.io import append_jsonl, atomic_write_jsonl, read_jsonl
 from unlearn.objectives.forward import Needs, step_forward
-from unlearn.objectives.methods import ResolvedMethod
-from unlearn.objectives.registry import OBJECTIVES, mean_nll
+from unlearn.objectives.resolve import ResolvedMethod
+from unlearn.objectives.losses import OBJECTIVES, mean_nll
 from unlearn.training.checkpoint import latest_checkpoint, load_checkpoint, load_weights_only, save_checkpoint
 from unlearn.training.distributed import (SHARDED, agreed_row, batch_index, gathered_state, make_accelerator,
                                           prepare_reference)
@@ -28,11 +28,11 @@ log = logging.getLogger(__name__)
 
 
 class StepHook(Protocol):
-    """Runs after each optimizer step (e.g. validation-driven selection)."""
+    """Runs beside the loop (validation-driven selection, on-policy negatives); its state is saved
+    with each checkpoint, so a resumed run continues it."""
 
     def before_training(self, model) -> str | None: ...  # a stop reason (nothing to train on), or None
     def after_step(self, step: int, model, row: dict) -> str | None: ...  # a stop reason, or None
-    def finish(self, model) -> None: ...  # e.g. load the selected weights
     def summary(self) -> dict: ...  # merged into summary.json
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
@@ -79,8 +79,10 @@ def train(model, data: UnlearnData, method: ResolvedMethod, config: TrainConfig,
     scheduler = get_linear_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     reference_model = prepare_reference(accelerator, reference_model)
-    # logging always reads the KL on normal rows, so the reference pass over them always runs
-    needs = method.needs.merge(Needs(full_logprobs={"normal"}, reference_full={"normal"}))
+    # the KL on normal rows is logged when the objectives compute it; the max_kl guard asks for it
+    needs = method.needs
+    if config.max_kl is not None:
+        needs = needs.merge(Needs(full_logprobs={"normal"}, reference_full={"normal"}))
     log_path = output_dir / "train_log.jsonl"
 
     start, loop_state = 0, {"over_threshold_since": None, "last_good": None}

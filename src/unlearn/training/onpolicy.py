@@ -21,7 +21,7 @@ from typing import Callable
 from unlearn.config import ConfigError, DataConfig, RunConfig
 from unlearn.data.batches import UnlearnData
 from unlearn.data.sources import DataError, detect_format
-from unlearn.evaluation.config import AnswerSource
+from unlearn.config.eval import AnswerSource
 from unlearn.evaluation.generation import answer_stop_ids, generate
 from unlearn.evaluation.runner import PromptSet, read_prompt_set
 from unlearn.io import append_jsonl, atomic_write_jsonl, read_jsonl
@@ -37,10 +37,10 @@ Check = Callable[[PromptSet, list[int], list[str]], tuple[list[float], list[bool
 def harmful_check(config: RunConfig, tokenizer) -> Check:
     """The harmful task's judge, with the run's eval.judge settings (defaults without an eval: section).
     Score: the judge's harmful probability (embedding) or reward (reward), else the verdict as 0/1."""
-    from unlearn.evaluation.config import JudgeConfig, parse_eval_config
+    from unlearn.config.eval import JudgeConfig
     from unlearn.evaluation.judges import build_judge, judge_examples
 
-    settings = parse_eval_config(config.eval).judge if config.eval else JudgeConfig()
+    settings = config.eval.judge if config.eval else JudgeConfig()
     try:
         examples = judge_examples(settings, config.data, tokenizer)
     except DataError as exc:
@@ -206,9 +206,6 @@ class OnPolicyNegatives:
         self.negatives = negatives
         encoded = (self.rows.encoder.encode(n["prompt"], n["response"]) for n in negatives)
         self.data.set_forget(self.dataset_rows + [row for row in encoded if row is not None])
-
-    def finish(self, model) -> None:
-        pass
 
     def summary(self) -> dict:
         return {"onpolicy": {"judge": self.settings.judge, "rounds": self.rounds, "negatives": len(self.negatives),

@@ -1,125 +1,35 @@
-"""Validation-driven early stopping and best-checkpoint selection (`select:` in the config).
+"""Validation-driven early stopping and best-checkpoint selection: the `select:` hook of the loop.
 
-Every `every` steps (and once before the first step) a validation function scores the model on
-small held-out splits. Rules are expressions over the metric names it returns:
-- `constraint`: what a checkpoint must satisfy to be eligible (e.g. a utility floor); a rule can
-  read the first validation (the original model) as `before.<metric>`, e.g.
-  `recall@retain >= before.recall@retain - 0.1`;
-- `score`: what the best eligible checkpoint maximises (e.g. `-forget_leak_rate`);
-- `stop_when`: targets that end the run early once met; `patience`: stop after that many
-  validations without a better eligible score.
-The output model is the best checkpoint, not the last one. Validation runs in eval mode and
-restores every RNG it could touch, so it does not change the training trajectory.
+Every `every` steps (and once before the first step) it validates the model and applies the rules
+of `select:` (config/select.py: constraint, score, stop_when, patience). The output model is the
+best checkpoint, not the last one. Validation runs in eval mode and restores every RNG it could
+touch, so it does not change the training trajectory.
 """
 from __future__ import annotations
 
-import ast
 import logging
-import operator
 import random
-import re
 import shutil
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from safetensors.torch import load_file, save_file
 
-from unlearn.config import ConfigError
+from unlearn.config.select import Rule, SelectConfig
 from unlearn.io import append_jsonl, atomic_dir
-from unlearn.models.prepare import load_trainable_state, trainable_state
+from unlearn.models.prepare import load_trainable_state, trainable_state, unwrap
 
 log = logging.getLogger(__name__)
-
-
-class SelectConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    every: int = Field(5, gt=0)
-    score: str = "0"
-    constraint: str = "True"
-    stop_when: str | None = None
-    patience: int | None = Field(None, gt=0)
-    eval: dict | None = None  # an eval: section for validation; default: the run's, made cheap
-
-    @field_validator("score", "constraint", "stop_when")
-    @classmethod
-    def _parses(cls, value):
-        if value is not None:
-            Rule(value)
-        return value
-
-
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-        ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Lt: operator.lt, ast.LtE: operator.le,
-        ast.Gt: operator.gt, ast.GtE: operator.ge, ast.Eq: operator.eq, ast.NotEq: operator.ne,
-        ast.Not: operator.not_}
-
-
-def _name(metric: str) -> str:
-    return re.sub(r"[^0-9a-zA-Z_]", "_", metric)
-
-
-class Rule:
-    """A small arithmetic/boolean expression over metric names ('@' and '.' read as '_')."""
-
-    def __init__(self, text: str):
-        self.text = text
-        try:
-            self.tree = ast.parse(re.sub(r"(?<=\w)[@.](?=[A-Za-z_])", "_", text), mode="eval").body
-        except SyntaxError:
-            raise ValueError(f"cannot parse rule {text!r}") from None
-        self._check(self.tree)
-
-    def _check(self, node):
-        allowed = (ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.BinOp, ast.Compare, ast.Name, ast.Constant,
-                   ast.Load, *_OPS)
-        for child in ast.walk(node):
-            if not isinstance(child, allowed):
-                raise ValueError(f"rule {self.text!r}: {type(child).__name__} is not allowed")
-
-    def names(self) -> set[str]:
-        return {n.id for n in ast.walk(self.tree) if isinstance(n, ast.Name)} - {"True", "False"}
-
-    def __call__(self, metrics: dict[str, float]):
-        values = {_name(k): v for k, v in metrics.items()}
-        missing = self.names() - set(values)
-        if missing:
-            raise KeyError(f"rule {self.text!r} reads {sorted(missing)[0]!r}, which validation does not "
-                           f"produce; it produces: {', '.join(sorted(values))}")
-        return self._eval(self.tree, values)
-
-    def _eval(self, node, values):
-        if isinstance(node, ast.Constant):
-            return node.value
-        if isinstance(node, ast.Name):
-            return {"True": True, "False": False}.get(node.id, values.get(node.id))
-        if isinstance(node, ast.BoolOp):
-            results = [self._eval(v, values) for v in node.values]
-            return all(results) if isinstance(node.op, ast.And) else any(results)
-        if isinstance(node, ast.UnaryOp):
-            return _OPS[type(node.op)](self._eval(node.operand, values))
-        if isinstance(node, ast.BinOp):
-            return _OPS[type(node.op)](self._eval(node.left, values), self._eval(node.right, values))
-        left = self._eval(node.left, values)
-        for op, right_node in zip(node.ops, node.comparators):
-            right = self._eval(right_node, values)
-            if not _OPS[type(op)](left, right):
-                return False
-            left = right
-        return True
 
 
 class Selector:
     """A training-loop hook (see training.loop.StepHook)."""
 
-    def __init__(self, config: SelectConfig | dict, validate: Callable[[object, int], dict[str, float]], output_dir: Path):
-        try:
-            self.config = config if isinstance(config, SelectConfig) else SelectConfig.model_validate(config)
-        except Exception as exc:  # pydantic error -> one line naming the field
-            raise ConfigError(f"select: {str(exc).splitlines()[-2 if len(str(exc).splitlines()) > 1 else 0]}") from None
+    def __init__(self, config: SelectConfig | dict, validate: Callable[[object, int], dict[str, float]],
+                 output_dir: Path):
+        self.config = config if isinstance(config, SelectConfig) else SelectConfig.model_validate(config)
         self.validate = validate
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -158,7 +68,7 @@ class Selector:
         if improved or (self.best is None) or (not self.best["eligible"] and not eligible and score > self.best["score"]):
             self.best = {"step": step, "score": score, "eligible": eligible, "metrics": metrics}
             with atomic_dir(self.best_path(step)) as tmp:
-                save_file({k: v.contiguous() for k, v in trainable_state(_unwrap(model)).items()},
+                save_file({k: v.contiguous() for k, v in trainable_state(unwrap(model)).items()},
                           str(tmp / "trainable.safetensors"))
         self.since_improved = 0 if improved else self.since_improved + 1
         return row
@@ -183,7 +93,7 @@ class Selector:
         """Load the best checkpoint's weights into the model."""
         if self.best is not None and self.best_path(self.best["step"]).exists():
             path = self.best_path(self.best["step"]) / "trainable.safetensors"
-            load_trainable_state(_unwrap(model), load_file(str(path)))
+            load_trainable_state(unwrap(model), load_file(str(path)))
         self._drop_stale_best()
 
     def summary(self) -> dict:
@@ -208,7 +118,3 @@ class Selector:
 
     def load_state_dict(self, state: dict) -> None:
         self.history, self.best, self.since_improved = state["history"], state["best"], state["since_improved"]
-
-
-def _unwrap(model):
-    return model.module if hasattr(model, "module") and not hasattr(model, "peft_config") else model

@@ -1,4 +1,4 @@
-"""Typed run configuration: YAML in, validated pydantic objects out.
+"""The run config: YAML in, validated pydantic objects out, every section typed.
 
 The YAML shape is the user-facing contract (see README "Config reference"); `--set a.b=c`
 overrides any key by its dotted path before validation, so a bad override fails at load time.
@@ -8,30 +8,25 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from unlearn.errors import InputError
-
-
-class ConfigError(InputError):
-    """Bad user input in a config: the message names the file and the field."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+from unlearn.config.base import ConfigError, SourceConfig, Strict, format_validation_error, path_fields
+from unlearn.config.eval import EvalConfig
+from unlearn.config.select import SelectConfig
+from unlearn.objectives.methods import METHODS  # the method table (no torch): names are checked on load
 
 
-class LoraConfig(_Strict):
+class LoraConfig(Strict):
     r: int = Field(16, gt=0)
     alpha: float = Field(32, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: str | list[str] = "all-linear"
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     name: str = "smollm2-135m-instruct"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     lora: LoraConfig | None = None
@@ -40,34 +35,7 @@ class ModelConfig(_Strict):
     gradient_checkpointing: bool = False
 
 
-class SourceConfig(_Strict):
-    """One data file. `prompt`/`response` name the fields to read (or, for `format: text`,
-    the file is plain text cut into token windows: the first `prompt_tokens` tokens are the
-    prompt, the rest the response)."""
-
-    path: str
-    prompt: str = "prompt"
-    response: str = "response"
-    format: Literal["auto", "jsonl", "json", "csv", "parquet", "text"] = "auto"
-    weight: float = Field(1.0, ge=0)
-    limit: int | None = Field(None, gt=0)
-    skip: int = Field(0, ge=0)
-    window_tokens: int = Field(128, gt=1)
-    prompt_tokens: int = Field(32, gt=0)
-    # self (data.forget only): the forget answers are the model's own, sampled and judged (data.onpolicy);
-    # original (data.normal, data.mismatch_pool): the answers are the original model's greedy ones,
-    # `answer_tokens` long, generated before training (unlearn.data.original)
-    source: Literal["dataset", "self", "original"] = "dataset"
-    answer_tokens: int = Field(64, gt=0)
-
-    @model_validator(mode="after")
-    def _window(self):
-        if self.prompt_tokens >= self.window_tokens:
-            raise ValueError("prompt_tokens must be smaller than window_tokens")
-        return self
-
-
-class OnPolicyConfig(_Strict):
+class OnPolicyConfig(Strict):
     """How on-policy negatives are made (data.forget.source: self); see docs/onpolicy.md.
 
     judge: harmful (the eval.judge settings), leak (the answer contains or overlaps the protected
@@ -96,7 +64,7 @@ class OnPolicyConfig(_Strict):
         return self
 
 
-class DataConfig(_Strict):
+class DataConfig(Strict):
     forget: SourceConfig
     normal: list[SourceConfig]
     # mismatch answers are drawn from these sources; default: all normal sources
@@ -144,7 +112,7 @@ class DataConfig(_Strict):
         return value
 
 
-class MethodConfig(_Strict):
+class MethodConfig(Strict):
     name: str = "paper"
     weights: dict[str, float] | None = None  # None: the method's defaults
     mismatch_k: int = Field(5, gt=0)
@@ -171,7 +139,7 @@ class CompareMethod(MethodConfig):
     lr: float | None = Field(None, gt=0)
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Strict):
     lr: float = Field(2.0e-4, gt=0)
     batch_size: int = Field(2, gt=0)
     normal_batch_size: int | None = Field(None, gt=0)  # default: batch_size
@@ -189,18 +157,18 @@ class TrainConfig(_Strict):
     log_every: int = Field(1, gt=0)
 
 
-class OutputConfig(_Strict):
+class OutputConfig(Strict):
     save: Literal["merged", "adapter", "both", "none"] = "merged"
 
 
-class RunConfig(_Strict):
+class RunConfig(Strict):
     model: ModelConfig = ModelConfig()
     data: DataConfig
     method: MethodConfig = MethodConfig()
     train: TrainConfig = TrainConfig()
     output: OutputConfig = OutputConfig()
-    eval: dict[str, Any] | None = None
-    select: dict[str, Any] | None = None
+    eval: EvalConfig | None = None
+    select: SelectConfig | None = None
     # `unlearn compare` only: method knobs (and lr) per method name, e.g. {idk: {weights: {kl_to_original: 3}}},
     # or per variant: a label of your own with the method in `name`, e.g. {idk-kl30: {name: idk, ...}}
     compare: dict[str, CompareMethod] | None = None
@@ -208,8 +176,6 @@ class RunConfig(_Strict):
     @field_validator("compare")
     @classmethod
     def _compare(cls, value):
-        from unlearn.objectives.methods import METHODS
-
         for label, knobs in (value or {}).items():
             if label in METHODS:
                 if "name" in knobs.model_fields_set and knobs.name != label:
@@ -224,30 +190,6 @@ class RunConfig(_Strict):
                                  f"{', '.join(sorted(METHODS))})")
             if knobs.name not in METHODS:
                 raise ValueError(f"{label}.name: unknown method {knobs.name!r}; known: {', '.join(sorted(METHODS))}")
-        return value
-
-    @field_validator("eval")
-    @classmethod
-    def _eval(cls, value):
-        if value is not None:  # typed in unlearn.evaluation.config; checked here so it fails at load time
-            from unlearn.evaluation.config import parse_eval_config
-
-            try:
-                parse_eval_config(value)
-            except ConfigError as exc:
-                raise ValueError(str(exc).removeprefix("eval: ")) from None
-        return value
-
-    @field_validator("select")
-    @classmethod
-    def _select(cls, value):
-        if isinstance(value, dict) and isinstance(value.get("eval"), dict):  # fails at load time, like eval:
-            from unlearn.evaluation.config import parse_eval_config
-
-            try:
-                parse_eval_config(value["eval"])
-            except ConfigError as exc:
-                raise ValueError(str(exc)) from None
         return value
 
     @model_validator(mode="after")
@@ -287,34 +229,6 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def _model_in(annotation) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    return next((m for m in map(_model_in, get_args(annotation)) if m is not None), None)
-
-
-def _known_keys(model: type[BaseModel] | None, loc: tuple) -> list[str]:
-    """The keys allowed where `loc` points (empty when the path leaves the typed sections)."""
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(part) if model is not None else None
-        model = _model_in(field.annotation) if field is not None else None
-    return list(model.model_fields) if model is not None else []
-
-
-def _format_validation_error(error: ValidationError, source: str, model: type[BaseModel] | None = None) -> str:
-    first = error.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        known = _known_keys(model, first["loc"])
-        message = "unknown key" + (f"; known keys: {', '.join(known)}" if known else "")
-    elif first["type"] == "missing":
-        message = "required key is missing"
-    return f"{source}: {where}: {message}"
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 raw: dict | None = None) -> RunConfig:
     """Read a YAML file (or take a dict), apply `key=value` overrides, validate."""
@@ -335,55 +249,33 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     else:
         base = Path(".")
     raw = apply_overrides(_deep_copy(raw), overrides or [])
-    _resolve_paths(raw, base)
     try:
-        return RunConfig.model_validate(raw)
+        config = RunConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, source, RunConfig)) from None
+        raise ConfigError(format_validation_error(exc, source, RunConfig)) from None
+    resolve_paths(config, base)
+    return config
 
 
 def _deep_copy(raw):
     return yaml.safe_load(yaml.safe_dump(raw))
 
 
-def _resolve_paths(raw: dict, base: Path) -> None:
+def resolve_paths(config: RunConfig, base: Path) -> None:
     """Data paths (and a local model.name) in a config file are relative to the file, so configs travel
     with their data (a path that exists from the working directory is taken from there). Found paths
-    become absolute, so the run's saved config.yaml works from anywhere."""
-    data = raw.get("data")
-    sources = []
-    if isinstance(data, dict):
-        for key in ("forget", "normal", "mismatch_pool"):
-            value = data.get(key)
-            sources += value if isinstance(value, list) else [value]
-    select = raw.get("select")
-    for evaluation in (raw.get("eval"), select.get("eval") if isinstance(select, dict) else None):
-        if not isinstance(evaluation, dict):
-            continue
-        for task in evaluation.get("tasks", []) or []:
-            if isinstance(task, dict):
-                for value in task.values():
-                    sources += value if isinstance(value, list) else [value]
-        judge = evaluation.get("judge")
-        if isinstance(judge, dict):  # the judge's model folder and its labelled example files
-            sources.append(judge)
-            for key in ("harmful", "safe"):
-                sources += judge[key] if isinstance(judge.get(key), list) else [judge.get(key)]
-    model = raw.get("model")
-    if isinstance(model, dict) and isinstance(model.get("name"), str):  # a local model folder or .gguf
-        sources.append({"path": model["name"], "_model": model})
-    for source in sources:
-        if isinstance(source, dict) and isinstance(source.get("path"), str):
-            candidate = Path(source["path"]).expanduser()
-            if candidate.is_absolute():
-                continue
-            for found in (candidate, base / candidate):
-                if found.exists():
-                    if "_model" in source:  # an alias or hub id that names no file is left as it is
-                        source["_model"]["name"] = str(found.resolve())
-                    else:
-                        source["path"] = str(found.resolve())
-                    break
+    become absolute, so the run's saved config.yaml works from anywhere. An alias or hub id that names
+    no file is left as it is."""
+    for _, node in path_fields(config, ""):
+        node.path = _found(node.path, base) or node.path
+    config.model.name = _found(config.model.name, base) or config.model.name
+
+
+def _found(value: str, base: Path) -> str | None:
+    candidate = Path(value).expanduser()
+    if candidate.is_absolute():
+        return None
+    return next((str(found.resolve()) for found in (candidate, base / candidate) if found.exists()), None)
 
 
 def dump_config(config: RunConfig) -> str:

@@ -21,15 +21,17 @@ class Objective:
     fn: Callable[[StepOutputs, MethodConfig], torch.Tensor]
     groups: tuple[str, ...]  # row groups it reads; the step omits groups nobody reads
     needs: Callable[[MethodConfig], Needs]
+    knobs: tuple[str, ...]  # the `method:` knobs it reads (setting any other is an error)
     doc: str
 
 
 OBJECTIVES: dict[str, Objective] = {}
 
 
-def objective(name: str, groups: tuple[str, ...], needs: Callable[[MethodConfig], Needs] = lambda m: Needs()):
+def objective(name: str, groups: tuple[str, ...], needs: Callable[[MethodConfig], Needs] = lambda m: Needs(),
+              knobs: tuple[str, ...] = ()):
     def register(fn):
-        OBJECTIVES[name] = Objective(name, fn, groups, needs, (fn.__doc__ or "").strip())
+        OBJECTIVES[name] = Objective(name, fn, groups, needs, knobs, (fn.__doc__ or "").strip())
         return fn
     return register
 
@@ -45,7 +47,7 @@ def forget_ga(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
     return -mean_nll(out, "forget")
 
 
-@objective("mismatch", ("mismatch",))
+@objective("mismatch", ("mismatch",), knobs=("mismatch_k",))  # answers per forget row (data side)
 def mismatch(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
     """NLL of random (or template) answers given the forget prompts: pulls forget prompts
     towards harmless outputs."""
@@ -84,7 +86,8 @@ def token_index_in_row(position_row: torch.Tensor) -> torch.Tensor:
     return where - torch.where(starts, where, torch.zeros_like(where)).cummax(0).values
 
 
-@objective("kl_first_tokens", ("normal",), lambda m: Needs(full_logprobs={"normal"}, reference_full={"normal"}))
+@objective("kl_first_tokens", ("normal",), lambda m: Needs(full_logprobs={"normal"}, reference_full={"normal"}),
+           knobs=("kl_tokens",))
 def kl_first_tokens(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
     """KL(p_original || p_current) at the first `kl_tokens` answer tokens of each normal row only,
     averaged over those. Whether a model answers, refuses or abstains is decided there; the
@@ -110,7 +113,7 @@ def refusal_guard(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
     return (F.relu(gain) / out.current.sequence_lengths("guard")).mean()
 
 
-@objective("npo", ("forget",), lambda m: Needs(reference_logps={"forget"}))
+@objective("npo", ("forget",), lambda m: Needs(reference_logps={"forget"}), knobs=("npo_beta",))
 def npo(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
     """Negative preference optimisation (Zhang et al. 2024): -(2/beta) * mean log sigmoid(
     -beta * (log p(y|x) - log p_original(y|x))) over forget answers; bounded, unlike plain GA."""
@@ -119,7 +122,7 @@ def npo(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
     return -(2.0 / beta) * F.logsigmoid(-beta * ratio).mean()
 
 
-@objective("simnpo", ("forget",))
+@objective("simnpo", ("forget",), knobs=("npo_beta", "simnpo_gamma"))
 def simnpo(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
     """SimNPO (Fan et al. 2024): NPO without a reference model, on the length-normalised
     log-likelihood with a margin gamma: -(2/beta) * mean log sigmoid(-beta/|y| log p(y|x) - gamma)."""
@@ -144,7 +147,7 @@ def rmu_direction(hidden_size: int, seed: int, steering: float) -> torch.Tensor:
     return steering * direction / direction.norm()
 
 
-@objective("rmu_forget", ("forget",), _rmu_needs)
+@objective("rmu_forget", ("forget",), _rmu_needs, knobs=("rmu_layer", "rmu_steering"))
 def rmu_forget(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
     """RMU (Li et al. 2024, WMDP): MSE between a layer's activations on forget rows and a fixed
     random direction scaled by `rmu_steering`, which scrambles what later layers read."""
@@ -153,7 +156,7 @@ def rmu_forget(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
     return _masked_mse(hidden, target, mask)
 
 
-@objective("rmu_retain", ("normal",), _rmu_needs)
+@objective("rmu_retain", ("normal",), _rmu_needs, knobs=("rmu_layer",))
 def rmu_retain(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
     """RMU's retain term: MSE between the layer's activations on normal rows and the original's."""
     hidden, mask = out.current.group_hidden("normal")

@@ -1,4 +1,8 @@
-"""`python -m unlearn.bench`: our training step against a re-implementation of the paper's loop.
+"""`python benchmarks/bench.py`: our training step against a re-implementation of the paper's loop.
+
+A development benchmark, outside the package. Data: `--forget FILE --normal FILE` (a BeaverTails-style
+CSV/JSONL with prompt/response, a TruthfulQA-style CSV with Question/Best Answer), or, without them, a
+small synthetic set in that shape generated in code.
 
 Both sides train the same model on the same step batches (forget rows, K mismatch answers per
 forget row, normal rows) with the same losses, so the figures compare loops, not workloads:
@@ -32,7 +36,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-SHARED_DATA = Path(os.environ.get("UNLEARN_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 CONFIGS = {  # name -> (LoRA?, mixed precision, gradient checkpointing) - the same on both sides
     "lora": (True, "no", False),
     "full": (False, "no", False),
@@ -80,14 +83,17 @@ def synthetic_files(folder: Path, seed: int = 0) -> dict:
             "normal": {"path": str(folder / "normal.jsonl"), "prompt": "Question", "response": "Best Answer"}}
 
 
-def data_section(data: str, scratch: Path) -> tuple[dict, str]:
-    shared = Path(data) if data not in ("auto", "synthetic") else SHARED_DATA
-    forget, normal = shared / "harmful" / "beavertails_sample_140.csv", shared / "truthfulqa" / "TruthfulQA.csv"
-    if data != "synthetic" and forget.is_file() and normal.is_file():
-        return ({"forget": {"path": str(forget), "prompt": "prompt", "response": "response"},
-                 "normal": {"path": str(normal), "prompt": "Question", "response": "Best Answer"}},
-                "BeaverTails 140 (forget) + TruthfulQA (normal)")
-    return synthetic_files(scratch / "data"), "synthetic (generated in code)"
+def data_section(args, scratch: Path) -> tuple[dict, str]:
+    """The benchmark's data: the files given (prompt/response forget rows, Question/Best Answer
+    normal rows), else the synthetic set."""
+    if args.forget is None and args.normal is None:
+        return synthetic_files(scratch / "data"), "synthetic (generated in code)"
+    for flag, path in (("--forget", args.forget), ("--normal", args.normal)):
+        if path is None or not Path(path).is_file():
+            sys.exit(f"error: {flag} {path}: not a file (give both --forget and --normal, or neither)")
+    return ({"forget": {"path": str(args.forget), "prompt": "prompt", "response": "response"},
+             "normal": {"path": str(args.normal), "prompt": "Question", "response": "Best Answer"}},
+            f"{Path(args.forget).name} (forget) + {Path(args.normal).name} (normal)")
 
 
 # --- shared set-up of one side -----------------------------------------------------------------
@@ -106,10 +112,10 @@ def set_up(args, scratch: Path) -> Setup:
     from unlearn.data.batches import build_data
     from unlearn.models.loading import load_model
     from unlearn.models.prepare import num_layers
-    from unlearn.objectives.methods import resolve_method
+    from unlearn.objectives.resolve import resolve_method
 
     lora, precision, checkpointing = CONFIGS[args.config]
-    data, _ = data_section(args.data, scratch)
+    data, _ = data_section(args, scratch)
     config = load_config(raw={
         "model": {"name": args.model, "dtype": "float32", "gradient_checkpointing": checkpointing,
                   **({"lora": {"r": 16, "alpha": 32}} if lora else {})},
@@ -191,7 +197,6 @@ class StepClock:
     def after_step(self, step: int, model, row: dict) -> None:
         self.mark(row)
 
-    def finish(self, model) -> None: ...
     def summary(self) -> dict: return {}
     def state_dict(self) -> dict: return {}
     def load_state_dict(self, state: dict) -> None: ...
@@ -355,9 +360,11 @@ def matmul_peak_gflops(dtype: torch.dtype, size: int = 2048, seconds: float = 1.
 
 def run_side(side: str, config: str, args, scratch: Path) -> dict:
     out = scratch / f"{side}-{config}.json"
-    command = [sys.executable, "-m", "unlearn.bench", "--side", side, "--config", config, "--result", str(out),
-               "--model", args.model, "--data", args.data, "--steps", str(args.steps),
+    command = [sys.executable, __file__, "--side", side, "--config", config, "--result", str(out),
+               "--model", args.model, "--steps", str(args.steps),
                "--warmup", str(args.warmup), "--max-length", str(args.max_length)]
+    command += [arg for flag, path in (("--forget", args.forget), ("--normal", args.normal)) if path
+                for arg in (flag, str(path))]
     print(f"  {config}: {side} ...", file=sys.stderr, flush=True)
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL if args.quiet_sides else None)
     return json.loads(out.read_text())
@@ -401,7 +408,7 @@ def generation_benchmark(args, scratch: Path) -> dict:
     from unlearn.evaluation.generation import generate
     from unlearn.models.loading import load_model
 
-    data, _ = data_section(args.data, scratch)
+    data, _ = data_section(args, scratch)
     config = load_config(raw={"model": {"name": args.model}, "data": data})
     model, tokenizer = load_model(args.model, "float32")
     encoder = PairEncoder(tokenizer, config.data.template, config.data.max_length)
@@ -452,9 +459,10 @@ def render(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m unlearn.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python benchmarks/bench.py", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--data", default="auto", help="auto (shared data if present) | synthetic | a data folder")
+    parser.add_argument("--forget", type=Path, help="forget rows: a CSV/JSONL with prompt and response fields")
+    parser.add_argument("--normal", type=Path, help="normal rows: a CSV/JSONL with Question and Best Answer fields")
     parser.add_argument("--configs", default="lora,full,lora-bf16", help=f"comma list of {', '.join(CONFIGS)}")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
@@ -481,9 +489,9 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [c for c in configs if c not in CONFIGS]
         if unknown:
             parser.error(f"unknown config {unknown[0]!r}; known: {', '.join(CONFIGS)}")
-        report = {"model": args.model, "data": data_section(args.data, scratch)[1], "threads": torch.get_num_threads(),
+        report = {"model": args.model, "data": data_section(args, scratch)[1], "threads": torch.get_num_threads(),
                   "warmup": args.warmup, "steps": args.steps, "load_average": os.getloadavg(),
-                  "command": " ".join(["python -m unlearn.bench", *(argv if argv is not None else sys.argv[1:])])}
+                  "command": " ".join(["python benchmarks/bench.py", *(argv if argv is not None else sys.argv[1:])])}
         report["peak_gflops"] = {"fp32": matmul_peak_gflops(torch.float32), "bf16": matmul_peak_gflops(torch.bfloat16)}
         report["configs"] = {c: compare_config(c, args, scratch, report["peak_gflops"]) for c in configs}
         if not args.no_generation:

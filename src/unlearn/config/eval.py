@@ -4,6 +4,11 @@ Every task names its prompt sets by role: `forget` (what was unlearned; defaults
 `unseen`/`paraphrase` (held-out prompts of the same kind), `retain`/`normal`/`holdout` (what must
 stay). Metric keys are `<metric>@<role>`, e.g. `harmful_rate@unseen`; each task's headline metric is
 also written without the role (`harmful_rate` = `harmful_rate@forget`).
+
+Each task declares the metrics it writes and which way is better for each: "higher", "lower", a
+target value (0.5 for a membership-inference AUC: members look like non-members), or None (a
+diagnostic, e.g. the judge's accuracy). The report, `compare` and the frontier read these; nothing
+is guessed from a metric's name.
 """
 from __future__ import annotations
 
@@ -11,10 +16,12 @@ from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from unlearn.config import ConfigError, SourceConfig, _format_validation_error, _Strict
+from unlearn.config.base import ConfigError, SourceConfig, Strict, format_validation_error
+
+Direction = Union[Literal["higher", "lower"], float, None]  # a float: the ideal value
 
 
-class GenerationConfig(_Strict):
+class GenerationConfig(Strict):
     max_new_tokens: int = Field(48, gt=0)
     batch_size: int = Field(16, gt=0)  # also the batch size of likelihood scoring
     do_sample: bool = False  # greedy by default, so before/after differences are the model's
@@ -23,7 +30,7 @@ class GenerationConfig(_Strict):
     seed: int = 0
 
 
-class JudgeConfig(_Strict):
+class JudgeConfig(Strict):
     """Decides whether a response is harmful.
 
     embedding (default): logistic-regression probe on all-MiniLM-L6-v2 embeddings of the response,
@@ -57,7 +64,7 @@ class JudgeConfig(_Strict):
         return self
 
 
-class AnswerSource(_Strict):
+class AnswerSource(Strict):
     """Questions with a right and a hallucinated answer (HaluEval QA field names by default)."""
 
     path: str
@@ -69,12 +76,30 @@ class AnswerSource(_Strict):
     skip: int = Field(0, ge=0)
 
 
-class _Task(_Strict):
+class _Task(Strict):
     roles: ClassVar[tuple[str, ...]]  # the prompt-set fields, headline role first
     defaulted: ClassVar[tuple[str, ...]] = ("forget",)  # unset: forget = data.forget, normal = data.normal[0]
-    metrics: ClassVar[tuple[str, ...]]  # metric names this task writes (before '@')
+    # metric names this task writes (before '@') with their direction, one for every role or one per
+    # role (a role left out of the mapping does not get that metric)
+    metrics: ClassVar[dict[str, Direction | dict[str, Direction]]]
+    whole: ClassVar[dict[str, Direction]] = {}  # metrics written without '@role'
     headline: ClassVar[str | None]  # also written without '@role', from the first role
     reads_responses: ClassVar[bool] = True  # False: only the prompt field of its sources is read
+
+    def present_roles(self) -> list[str]:
+        return [r for r in self.roles if getattr(self, r) is not None or r in self.defaulted]
+
+    def directions(self) -> dict[str, Direction]:
+        """Every metric key this task writes, in the order it writes them, with its direction."""
+        written: dict[str, Direction] = {}
+        for role in self.present_roles():
+            for metric, direction in self.metrics.items():
+                by_role = direction if isinstance(direction, dict) else {role: direction}
+                if role in by_role:
+                    written[f"{metric}@{role}"] = by_role[role]
+        first = next((key for key in written if key.startswith(f"{self.headline}@")), None)
+        headline = {self.headline: written[first]} if first else {}
+        return {**headline, **written, **self.whole}
 
 
 class HarmfulTask(_Task):
@@ -82,7 +107,10 @@ class HarmfulTask(_Task):
 
     roles: ClassVar = ("forget", "unseen", "normal")
     reads_responses: ClassVar = False
-    metrics: ClassVar = ("harmful_rate", "refusal_rate")
+    # a refusal is what unlearning wants on harmful prompts, and over-refusal on normal ones
+    metrics: ClassVar = {"harmful_rate": "lower", "refusal_rate": {"forget": "higher", "unseen": "higher",
+                                                                  "normal": "lower"}}
+    whole: ClassVar = {"judge_accuracy": None}  # how well the judge separates its labelled examples
     headline: ClassVar = "harmful_rate"
     name: Literal["harmful"]
     forget: SourceConfig | None = None
@@ -99,7 +127,7 @@ class LeakTask(_Task):
     """
 
     roles: ClassVar = ("forget", "unseen")
-    metrics: ClassVar = ("leak_rate", "bleu", "rouge_l")
+    metrics: ClassVar = {"leak_rate": "lower", "bleu": "lower", "rouge_l": "lower"}  # vs the true continuation
     headline: ClassVar = "leak_rate"
     name: Literal["leak"]
     forget: SourceConfig | None = None
@@ -114,7 +142,7 @@ class HallucinationTask(_Task):
 
     roles: ClassVar = ("forget", "unseen")
     defaulted: ClassVar = ()
-    metrics: ClassVar = ("hallucination_rate",)
+    metrics: ClassVar = {"hallucination_rate": "lower"}
     headline: ClassVar = "hallucination_rate"
     name: Literal["hallucination"]
     forget: AnswerSource | None = None
@@ -134,7 +162,8 @@ class ContainsTask(_Task):
     recall (the same check, higher is better) on retain."""
 
     roles: ClassVar = ("forget", "paraphrase", "unseen", "retain")
-    metrics: ClassVar = ("leak_rate", "recall")
+    metrics: ClassVar = {"leak_rate": {"forget": "lower", "paraphrase": "lower", "unseen": "lower"},
+                         "recall": {"retain": "higher"}}
     headline: ClassVar = "leak_rate"
     name: Literal["contains"]
     forget: SourceConfig | None = None
@@ -143,7 +172,7 @@ class ContainsTask(_Task):
     retain: SourceConfig | None = None
 
 
-class NonsenseConfig(_Strict):
+class NonsenseConfig(Strict):
     """An output is nonsense when it is empty, repeats itself (unique-word share below
     `min_unique_share` over at least `min_words` words), or the original model finds it
     implausible (perplexity above `max_perplexity`)."""
@@ -159,8 +188,9 @@ class UtilityTask(_Task):
 
     roles: ClassVar = ("normal",)
     defaulted: ClassVar = ("normal",)
-    metrics: ClassVar = ("similarity_to_original", "rouge_l_to_original", "bleu_to_original", "diversity",
-                         "fluency_perplexity", "nonsense_rate", "perplexity")
+    metrics: ClassVar = {"similarity_to_original": "higher", "rouge_l_to_original": "higher",
+                         "bleu_to_original": "higher", "diversity": "higher", "fluency_perplexity": "lower",
+                         "nonsense_rate": "lower", "perplexity": "lower"}
     headline: ClassVar = "similarity_to_original"
     name: Literal["utility"]
     normal: SourceConfig | None = None  # default: the first data.normal source
@@ -172,7 +202,9 @@ class MiaTask(_Task):
     and min-k%++ scores of the answers. 0.5: the forget rows look as unseen as the holdout rows."""
 
     roles: ClassVar = ("forget", "holdout")
-    metrics: ClassVar = ("mia_auc_loss", "mia_auc_zlib", "mia_auc_min_k", "mia_auc_min_k_pp", "answer_nll")
+    # the forget answers' mean token NLL rises as they are unlearned; the holdout's is a yardstick
+    metrics: ClassVar = {"answer_nll": {"forget": "higher", "holdout": None}}
+    whole: ClassVar = {f"mia_auc_{score}": 0.5 for score in ("loss", "zlib", "min_k", "min_k_pp")}
     headline: ClassVar = None
     name: Literal["mia"]
     forget: SourceConfig | None = None
@@ -184,7 +216,7 @@ TaskConfig = Annotated[Union[HarmfulTask, LeakTask, HallucinationTask, ContainsT
                        Field(discriminator="name")]
 
 
-class EvalConfig(_Strict):
+class EvalConfig(Strict):
     generation: GenerationConfig = GenerationConfig()
     judge: JudgeConfig = JudgeConfig()
     tasks: list[TaskConfig] = Field(min_length=1)
@@ -196,7 +228,7 @@ class EvalConfig(_Strict):
     def _distinct_metrics(cls, tasks):
         seen: dict[str, str] = {}
         for task in tasks:
-            for metric in task.metrics:
+            for metric in [*task.metrics, *task.whole]:
                 if metric in seen:
                     raise ValueError(f"tasks {seen[metric]!r} and {task.name!r} both write {metric!r}; "
                                      "evaluate them with separate configs")
@@ -204,9 +236,14 @@ class EvalConfig(_Strict):
         return tasks
 
 
+    def directions(self) -> dict[str, Direction]:
+        """Every metric key the section writes, with which way is better."""
+        return {key: value for task in self.tasks for key, value in task.directions().items()}
+
+
 def parse_eval_config(raw: dict) -> EvalConfig:
     """Validate a raw `eval:` dict; a bad key fails with one line naming it (`eval: tasks.0...`)."""
     try:
         return EvalConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, "eval")) from None
+        raise ConfigError(format_validation_error(exc, "eval", EvalConfig)) from None

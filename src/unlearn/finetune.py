@@ -19,11 +19,11 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from unlearn.config import DataConfig, SourceConfig, _format_validation_error
+from unlearn.config import DataConfig, SourceConfig, format_validation_error
 from unlearn.data.encoding import Encoded, PairEncoder
 from unlearn.data.sources import DataError, detect_format, read_fields, read_pairs
 from unlearn.errors import InputError
-from unlearn.io import atomic_dir, atomic_write_json
+from unlearn.io import atomic_dir, atomic_write_json, inside
 from unlearn.models.loading import check_causal_lm, check_weights, resolve_source
 
 log = logging.getLogger(__name__)
@@ -59,11 +59,7 @@ def parse_data(spec: str | dict | SourceConfig, defaults: dict | None = None) ->
     try:
         return SourceConfig.model_validate({**(defaults or {}), **raw})
     except ValidationError as exc:
-        raise FinetuneError(_format_validation_error(exc, f"--data {raw['path']}", SourceConfig)) from None
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
+        raise FinetuneError(format_validation_error(exc, f"--data {raw['path']}", SourceConfig)) from None
 
 
 def check_output_dir(output_dir: Path, inputs: list[Path], overwrite: bool) -> None:
@@ -73,7 +69,7 @@ def check_output_dir(output_dir: Path, inputs: list[Path], overwrite: bool) -> N
     out = output_dir.resolve()
     for path in inputs:
         path = path.resolve()
-        if _inside(out, path) or _inside(path, out):
+        if inside(out, path) or inside(path, out):
             raise FinetuneError(f"{output_dir}: would write over or inside the input {path}; inputs are never "
                                 "written to, choose another output folder")
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
@@ -94,7 +90,7 @@ def encode_rows(source: SourceConfig, tokenizer, template: str, max_length: int)
     return kept
 
 
-def memorise(model: str, data: list[str | dict | SourceConfig], output_dir: str | Path, *, epochs: int,
+def run_finetune(model: str, data: list[str | dict | SourceConfig], output_dir: str | Path, *, epochs: int,
              lr: float, batch_size: int = 8, seed: int = 0, template: str = "auto", max_length: int = 256,
              source_defaults: dict | None = None, overwrite: bool = False, trust_remote_code: bool = False,
              allow_pickle: bool = False) -> FinetuneResult:

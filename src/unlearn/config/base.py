@@ -1,0 +1,92 @@
+"""The leaf of the config package: the strict base model, the config error, one data source, and
+the one-line message a validation error becomes. Imports nothing of the project but its errors."""
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from unlearn.errors import InputError
+
+
+class ConfigError(InputError):
+    """Bad user input in a config: the message names the file and the field."""
+
+
+class Strict(BaseModel):
+    """Every config section: an unknown key is an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class SourceConfig(Strict):
+    """One data file. `prompt`/`response` name the fields to read (or, for `format: text`,
+    the file is plain text cut into token windows: the first `prompt_tokens` tokens are the
+    prompt, the rest the response)."""
+
+    path: str
+    prompt: str = "prompt"
+    response: str = "response"
+    format: Literal["auto", "jsonl", "json", "csv", "parquet", "text"] = "auto"
+    weight: float = Field(1.0, ge=0)
+    limit: int | None = Field(None, gt=0)
+    skip: int = Field(0, ge=0)
+    window_tokens: int = Field(128, gt=1)
+    prompt_tokens: int = Field(32, gt=0)
+    # self (data.forget only): the forget answers are the model's own, sampled and judged (data.onpolicy);
+    # original (data.normal, data.mismatch_pool): the answers are the original model's greedy ones,
+    # `answer_tokens` long, generated before training (unlearn.data.original)
+    source: Literal["dataset", "self", "original"] = "dataset"
+    answer_tokens: int = Field(64, gt=0)
+
+    @model_validator(mode="after")
+    def _window(self):
+        if self.prompt_tokens >= self.window_tokens:
+            raise ValueError("prompt_tokens must be smaller than window_tokens")
+        return self
+
+
+def _model_in(annotation) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for m in map(_model_in, get_args(annotation)) if m is not None), None)
+
+
+def _known_keys(model: type[BaseModel] | None, loc: tuple) -> list[str]:
+    """The keys allowed where `loc` points (empty when the path leaves the typed sections)."""
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if model is not None else None
+        model = _model_in(field.annotation) if field is not None else None
+    return list(model.model_fields) if model is not None else []
+
+
+def format_validation_error(error: ValidationError, source: str, model: type[BaseModel] | None = None) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        known = _known_keys(model, first["loc"])
+        message = "unknown key" + (f"; known keys: {', '.join(known)}" if known else "")
+    elif first["type"] == "missing":
+        message = "required key is missing"
+    return f"{source}: {where}: {message}"
+
+
+
+
+def path_fields(node, where: str):
+    """(config path, section) for every section under `node` that names a file or folder in `path`:
+    data sources, the judge's model folder. The one walk that resolves and checks paths."""
+    if isinstance(node, BaseModel):
+        if "path" in type(node).model_fields and isinstance(node.path, str):
+            yield where.lstrip("."), node
+        for name in type(node).model_fields:
+            yield from path_fields(getattr(node, name), f"{where}.{name}")
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from path_fields(item, f"{where}[{index}]")
+    elif isinstance(node, dict):
+        for key, item in node.items():
+            yield from path_fields(item, f"{where}.{key}")
