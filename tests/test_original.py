@@ -10,6 +10,7 @@ from unlearn.config import ConfigError, load_config
 from unlearn.data.encoding import PairEncoder
 from unlearn.evaluation.generation import answer_stop_ids, generate
 from unlearn.io import read_jsonl
+from unlearn.layout import RunFolder
 from unlearn.models.loading import load_model
 from unlearn.run import run
 
@@ -74,8 +75,6 @@ def test_source_original_is_not_for_forget_data(tiny_llama, prompt_file):
 
 
 def test_answers_are_cached_across_runs(tiny_llama, prompt_file, tmp_path, monkeypatch):
-    from unlearn.data import original
-
     monkeypatch.setenv("UNLEARN_EVAL_CACHE", "1")
     monkeypatch.setenv("UNLEARN_CACHE", str(tmp_path / "cache"))
     config = load_config(raw=_config(tiny_llama, prompt_file))
@@ -85,7 +84,7 @@ def test_answers_are_cached_across_runs(tiny_llama, prompt_file, tmp_path, monke
     run(config, tmp_path / "b")
     first, second = (read_jsonl(tmp_path / d / "original_answers" / "normal-0.jsonl") for d in "ab")
     assert first == second
-    assert original.FOLDER == "original_answers"
+    assert RunFolder(tmp_path / "a").original_answers.name == "original_answers"
 
 
 def test_eval_command_answers_source_original_before_judging(tiny_llama, prompt_file, tmp_path):

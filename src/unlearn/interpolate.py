@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from unlearn.config import ConfigError, load_config
-from unlearn.data.original import FOLDER
 from unlearn.io import atomic_dir, atomic_write_text
+from unlearn.layout import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -58,21 +58,22 @@ def interpolate(run_dir: str | Path, factors: list[float], output_dir: str | Pat
     from unlearn.report.build import build_report
 
     run_dir, output_dir = Path(run_dir), Path(output_dir)
+    run = RunFolder(run_dir)
     if not factors:
         raise ConfigError("name at least one --factor")
     for factor in factors:
         if not (factor > 0 and factor == factor and factor != float("inf")):
             raise ConfigError(f"--factor {factor}: must be a positive number (1 is the run's own model)")
-    for needed in ("config.yaml", "summary.json"):
-        if not (run_dir / needed).is_file():
-            raise ConfigError(f"{run_dir}: no {needed}; not a finished `unlearn run` output folder")
+    for needed in (run.config, run.summary):
+        if not needed.is_file():
+            raise ConfigError(f"{run_dir}: no {needed.name}; not a finished `unlearn run` output folder")
     saved = saved_model(run_dir)
     targets = [output_dir / f"{run_dir.name}-{factor_label(f)}" for f in factors]
     taken = [t for t in targets if t.exists()]
     if taken and not overwrite:
         raise ConfigError(f"{taken[0]}: already exists; pass --overwrite to replace it")
-    config = load_config(run_dir / "config.yaml")
-    summary = json.loads((run_dir / "summary.json").read_text())
+    config = load_config(run.config)
+    summary = json.loads(run.summary.read_text())
     original, _ = load_model(config.model.name, config.model.dtype, config.model.trust_remote_code,
                              config.model.allow_pickle)
     start = {k: v.detach().clone() for k, v in original.state_dict().items()}
@@ -85,21 +86,22 @@ def interpolate(run_dir: str | Path, factors: list[float], output_dir: str | Pat
         mixed = {k: (start[k].float() + factor * (final[k].float() - start[k].float())).to(start[k].dtype)
                  for k in start}
         original.load_state_dict(mixed)
+        point = RunFolder(target)
         with atomic_dir(target) as tmp:
-            original.save_pretrained(tmp / "model", safe_serialization=True)
-            tokenizer.save_pretrained(tmp / "model")
-            (tmp / "config.yaml").write_bytes((run_dir / "config.yaml").read_bytes())
-            if (run_dir / FOLDER).is_dir():  # the original's answers (source: original): the same for every point
-                shutil.copytree(run_dir / FOLDER, tmp / FOLDER)
-        log.info("%s: the update scaled by %g", target / "model", factor)
+            staged = RunFolder(tmp)
+            original.save_pretrained(staged.model, safe_serialization=True)
+            tokenizer.save_pretrained(staged.model)
+            staged.config.write_bytes(run.config.read_bytes())
+            if run.original_answers.is_dir():  # the original's answers (source: original): the same for every point
+                shutil.copytree(run.original_answers, staged.original_answers)
+        log.info("%s: the update scaled by %g", point.model, factor)
         evaluated = bool(evaluate and config.eval)
         if evaluated:
-            evaluate_model(target / "config.yaml", str(target / "model"), target, overwrite=True,
-                           reuse_original_answers=True)
+            evaluate_model(point.config, str(point.model), target, overwrite=True, reuse_original_answers=True)
         record = {**summary, "interpolated": {"from": str(run_dir.resolve()), "factor": factor},
-                  "outputs": {"model": str(target / "model")},
+                  "outputs": {"model": str(point.model)},
                   "total_seconds": round(time.perf_counter() - started, 2)}
-        atomic_write_text(target / "summary.json", json.dumps(record, indent=2) + "\n")
+        atomic_write_text(point.summary, json.dumps(record, indent=2) + "\n")
         if evaluated:  # the report reads summary.json too
             build_report(target)
     return targets

@@ -84,11 +84,12 @@ def _check_output_dir(config: RunConfig, output_dir: Path, model_folder: Path | 
                 raise OutputDirError(f"{output_dir}: the run would write or replace {out / name}, which holds "
                                      f"the input {path}; choose another output folder")
     RunFolder(output_dir).refuse_existing_run(resume, overwrite)
-    if resume and (output_dir / "config.yaml").is_file():
-        changed = _first_change(yaml.safe_load((output_dir / "config.yaml").read_text()),
+    saved = RunFolder(output_dir).config
+    if resume and saved.is_file():
+        changed = _first_change(yaml.safe_load(saved.read_text()),
                                 config.model_dump(mode="json"))
         if changed:
-            raise ConfigError(f"{output_dir / 'config.yaml'}: {changed} differs from this run's config; --resume "
+            raise ConfigError(f"{saved}: {changed} differs from this run's config; --resume "
                               "continues the same run (only train.max_steps, train.save_every, train.log_every, "
                               "output and eval may change)")
 

@@ -19,10 +19,10 @@ from unlearn.config import DataConfig, SourceConfig
 from unlearn.data.batches import encoder_for
 from unlearn.data.sources import DataError, detect_format, read_fields, read_pairs
 from unlearn.io import atomic_write_jsonl, read_jsonl
+from unlearn.layout import RunFolder
 
 log = logging.getLogger(__name__)
 
-FOLDER = "original_answers"
 
 
 def uses_original(data: DataConfig) -> bool:
@@ -36,7 +36,7 @@ def original_answers(data: DataConfig, model, tokenizer, output_dir: Path, *, re
     files the main process wrote."""
     if not uses_original(data):
         return data
-    folder = Path(output_dir) / FOLDER
+    folder = RunFolder(output_dir).original_answers
     done: dict[tuple, SourceConfig] = {}  # a source named twice (normal and mismatch pool) is answered once
 
     def replace(source: SourceConfig, where: str) -> SourceConfig:

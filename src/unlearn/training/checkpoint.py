@@ -12,11 +12,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from unlearn.io import atomic_dir
+from unlearn.layout import RunFolder
 from unlearn.models.prepare import load_trainable_state, trainable_state
 
 
 def checkpoint_root(output_dir: Path) -> Path:
-    return output_dir / "checkpoints"
+    return RunFolder(output_dir).checkpoints
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:

@@ -16,9 +16,10 @@ from transformers import get_linear_schedule_with_warmup
 from unlearn.config import TrainConfig
 from unlearn.data.batches import GROUPS, UnlearnData
 from unlearn.io import append_jsonl, atomic_write_jsonl, read_jsonl
+from unlearn.layout import RunFolder
 from unlearn.objectives.forward import Needs, step_forward
-from unlearn.objectives.resolve import ResolvedMethod
 from unlearn.objectives.losses import OBJECTIVES, mean_nll
+from unlearn.objectives.resolve import ResolvedMethod
 from unlearn.training.checkpoint import latest_checkpoint, load_checkpoint, load_weights_only, save_checkpoint
 from unlearn.training.distributed import (SHARDED, agreed_row, batch_index, gathered_state, make_accelerator,
                                           prepare_reference)
@@ -83,7 +84,7 @@ def train(model, data: UnlearnData, method: ResolvedMethod, config: TrainConfig,
     needs = method.needs
     if config.max_kl is not None:
         needs = needs.merge(Needs(full_logprobs={"normal"}, reference_full={"normal"}))
-    log_path = output_dir / "train_log.jsonl"
+    log_path = RunFolder(output_dir).train_log
 
     start, loop_state = 0, {"over_threshold_since": None, "last_good": None}
     if resume and (checkpoint := latest_checkpoint(output_dir)) is not None:

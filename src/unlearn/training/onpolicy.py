@@ -19,16 +19,16 @@ from pathlib import Path
 from typing import Callable
 
 from unlearn.config import ConfigError, DataConfig, RunConfig
+from unlearn.config.eval import AnswerSource
 from unlearn.data.batches import UnlearnData
 from unlearn.data.sources import DataError, detect_format
-from unlearn.config.eval import AnswerSource
 from unlearn.evaluation.generation import answer_stop_ids, generate
 from unlearn.evaluation.runner import PromptSet, read_prompt_set
 from unlearn.io import append_jsonl, atomic_write_jsonl, read_jsonl
+from unlearn.layout import RunFolder
 
 log = logging.getLogger(__name__)
 
-NEGATIVES_FILE = "negatives.jsonl"
 
 # (forget prompts, prompt index of each answer, answers) -> (score per answer, flagged per answer)
 Check = Callable[[PromptSet, list[int], list[str]], tuple[list[float], list[bool]]]
@@ -158,7 +158,7 @@ class OnPolicyNegatives:
 
     @property
     def path(self) -> Path:
-        return self.output_dir / NEGATIVES_FILE
+        return RunFolder(self.output_dir).negatives
 
     def before_training(self, model) -> str | None:
         if self.round < 0:
@@ -188,7 +188,7 @@ class OnPolicyNegatives:
         row = {"step": step, "kind": "onpolicy", "round": self.round, "samples": len(samples),
                "flagged": len(flagged), "flagged_share": len(flagged) / len(samples),
                "negatives": len(flagged) + len(self.dataset_rows), "seconds": round(time.perf_counter() - tick, 4)}
-        append_jsonl(self.output_dir / "train_log.jsonl", row)
+        append_jsonl(RunFolder(self.output_dir).train_log, row)
         self.rounds.append(row)
         log.info("on-policy round %d (step %d): %d of %d answers flagged", self.round, step, len(flagged), len(samples))
         if not flagged:

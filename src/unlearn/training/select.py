@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from unlearn.config.select import Rule, SelectConfig
 from unlearn.io import append_jsonl, atomic_dir
+from unlearn.layout import RunFolder
 from unlearn.models.prepare import load_trainable_state, trainable_state, unwrap
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class Selector:
 
     def best_path(self, step: int) -> Path:
         # named by step, so a resumed run never reads weights saved after its checkpoint
-        return self.output_dir / "checkpoints" / f"best-step-{step}"
+        return RunFolder(self.output_dir).checkpoints / f"best-step-{step}"
 
     def _run_validation(self, step: int, model) -> dict:
         rng = (torch.get_rng_state(), random.getstate(), np.random.get_state())
@@ -62,7 +63,7 @@ class Selector:
         score = float(self.score(names)) + 0.0  # no "-0" for a perfect negated rate
         row = {"step": step, "validation": True, **metrics, "score": score, "eligible": eligible}
         self.history.append(row)
-        append_jsonl(self.output_dir / "train_log.jsonl", row)
+        append_jsonl(RunFolder(self.output_dir).train_log, row)
         improved = eligible and (self.best is None or not self.best["eligible"] or score > self.best["score"])
         # until something is eligible, keep the best score so far (the report says so)
         if improved or (self.best is None) or (not self.best["eligible"] and not eligible and score > self.best["score"]):
@@ -107,7 +108,7 @@ class Selector:
                               "validations": len(self.history)}}
 
     def _drop_stale_best(self) -> None:
-        for older in (self.output_dir / "checkpoints").glob("best-step-*"):
+        for older in RunFolder(self.output_dir).checkpoints.glob("best-step-*"):
             if self.best is None or older != self.best_path(self.best["step"]):
                 shutil.rmtree(older, ignore_errors=True)
 
