@@ -272,3 +272,30 @@ def test_build_data_pool_is_normal_answers_or_refusals(tokenizers, qa_files):
     refusals = build_data(data_cfg, tokenizer, seed=0, batch_size=2, normal_batch_size=2, mismatch_k=1,
                           mismatch_answers=["I can't help with that."])
     assert refusals.pool_answers == [encoder.answer_ids("I can't help with that.")]
+
+
+def test_where_keeps_the_rows_whose_fields_equal_the_values(tmp_path):
+    rows = [{"prompt": "How can I kill a Python process?", "response": "Use kill.", "label": "safe", "flag": False},
+            {"prompt": "How can I kill a person?", "response": "No.", "label": "unsafe", "flag": True},
+            {"prompt": "How do I shoot a photo?", "response": "Press.", "label": "safe", "flag": True}]
+    jsonl = write_jsonl(tmp_path / "x.jsonl", rows)
+    table = tmp_path / "x.csv"
+    with table.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    for path in (jsonl, table):  # a CSV cell "False" equals false; skip and limit count the kept rows
+        assert [p.prompt for p in read_pairs(SourceConfig(path=str(path), where={"label": "safe"}))] == [
+            rows[0]["prompt"], rows[2]["prompt"]]
+        assert [p.prompt for p in read_pairs(SourceConfig(path=str(path), where={"label": "safe", "flag": False}))] == [
+            rows[0]["prompt"]]
+        assert [p.prompt for p in read_pairs(SourceConfig(path=str(path), where={"label": "safe"}, skip=1))] == [
+            rows[2]["prompt"]]
+        with pytest.raises(DataError, match=r"where: unknown field 'lable'; fields are: prompt, response"):
+            read_pairs(SourceConfig(path=str(path), where={"lable": "safe"}))
+        with pytest.raises(DataError, match=r"no row has label = 'maybe' \(where:\)"):
+            read_pairs(SourceConfig(path=str(path), where={"label": "maybe"}))
+    text = tmp_path / "book.txt"
+    text.write_text("words " * 50)
+    with pytest.raises(DataError, match="plain text has no fields"):
+        read_pairs(SourceConfig(path=str(text), where={"label": "safe"}), tokenizer=None)

@@ -60,7 +60,7 @@ def test_packed_pass_equals_the_plain_full_forward(arch, split, request):
     assert len(packed) == 4  # rows 0, 2, 3 share their prompt
     assert len(length_buckets([len(p.ids) for p in packed])) > 1  # and the long row gets its own forward
     with torch.no_grad():
-        got = _model_pass(model, batch, {"normal", "mismatch"}, hidden_layer=None, split_rows=split)
+        got = _model_pass(model, batch, {"normal", "mismatch"}, split_rows=split)
         full = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True)
     logprobs = torch.log_softmax(full.logits.float(), dim=-1)[:, :-1]
     targets = batch.labels[:, 1:]

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from unlearn.config import MethodConfig
 from unlearn.data.batches import StepBatch
@@ -18,12 +19,12 @@ from unlearn.objectives.losses import OBJECTIVES, rmu_direction, token_kl
 P = math.log  # readability: log of a probability
 
 
-def hand_pass(full_logprobs=None, hidden=None, mask=None) -> Pass:
-    """Rows: forget (2 tokens), forget (1), mismatch (1), normal (2)."""
+def hand_pass(full_logprobs=None, hidden=None, mask=None, answer_mask=None) -> Pass:
+    """Rows: forget (2 tokens), forget (1), mismatch (1), normal (2). `hidden`: layer -> (rows, T, D)."""
     return Pass(logps=torch.tensor([-1.0, -3.0, -0.5, -2.0, -4.0, -0.25]),
                 position_row=torch.tensor([0, 0, 1, 2, 3, 3]),
                 row_group=["forget", "forget", "mismatch", "normal"],
-                full_logprobs=full_logprobs or {}, hidden=hidden, attention_mask=mask)
+                full_logprobs=full_logprobs or {}, hidden=hidden or {}, attention_mask=mask, answer_mask=answer_mask)
 
 
 def loss(name: str, outputs: StepOutputs, **knobs) -> float:
@@ -154,13 +155,13 @@ def test_rmu_forget_and_retain_masked_mse():
                           [[1.0, 0.0], [0.0, 2.0], [7.0, 7.0]]])  # normal row, padding at the end
     mask = torch.tensor([[1, 1, 0], [0, 1, 0], [1, 1, 1], [1, 1, 0]])
     hidden = target + delta
-    current = hand_pass(hidden=hidden, mask=mask)
+    current = hand_pass(hidden={0: hidden}, mask=mask)
     # forget: masked positions (1,1), (2,0), (0,0): squared errors 2 + 4 + 0 over 3 positions x 2 dims
-    assert loss("rmu_forget", StepOutputs(current, None), rmu_steering=3.0) == pytest.approx(6 / 6, rel=1e-6)
-    reference = Pass(torch.zeros(1), torch.tensor([0]), ["normal"], {}, hidden=hidden[3:] - delta[3:],
+    assert loss("rmu_forget", StepOutputs(current, None), rmu_steering=3.0, rmu_layer=0) == pytest.approx(6 / 6, rel=1e-6)
+    reference = Pass(torch.zeros(1), torch.tensor([0]), ["normal"], {}, hidden={0: hidden[3:] - delta[3:]},
                      attention_mask=mask[3:])
     # retain: normal row vs the original's activations: (1 + 4) / (2 positions x 2 dims)
-    assert loss("rmu_retain", StepOutputs(current, reference)) == pytest.approx(5 / 4, rel=1e-6)
+    assert loss("rmu_retain", StepOutputs(current, reference), rmu_layer=0) == pytest.approx(5 / 4, rel=1e-6)
 
 
 # --- method registry -----------------------------------------------------------------------------
@@ -217,7 +218,7 @@ def test_model_pass_equals_full_log_softmax(arch, request):
     batch = StepBatch(padded["input_ids"], padded["attention_mask"], padded["labels"],
                       ["forget", "mismatch", "normal", "normal"])
     with torch.no_grad():
-        got = _model_pass(model, batch, {"normal"}, hidden_layer=0)
+        got = _model_pass(model, batch, {"normal"}, hidden_layers=frozenset({0}))
         full = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True)
     logprobs = torch.log_softmax(full.logits.float(), dim=-1)[:, :-1]
     targets = batch.labels[:, 1:]
@@ -229,7 +230,63 @@ def test_model_pass_equals_full_log_softmax(arch, request):
     normal_positions = answer.nonzero()[:, 0] > 1
     torch.testing.assert_close(got.full_logprobs["normal"], logprobs[answer][normal_positions], atol=1e-5, rtol=1e-5)
     assert set(got.full_logprobs) == {"normal"}
-    torch.testing.assert_close(got.hidden, full.hidden_states[1])
+    torch.testing.assert_close(got.hidden[0], full.hidden_states[1])
     # the first answer token is predicted from the last prompt position
     first = len(rows[0].prompt_ids)
     assert float(got.logps[0]) == pytest.approx(float(logprobs[0, first - 1, rows[0].answer_ids[0]]), abs=1e-5)
+
+
+# --- representation rerouting, hidden-state retain, DPO against refusals --------------------------
+
+def rr_passes():
+    """Hand-set hidden states at two layers (rows: forget, forget, mismatch, normal; 2 tokens, 2 dims)."""
+    current = {0: torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[1.0, 1.0], [3.0, 4.0]], [[5.0, 5.0], [5.0, 5.0]],
+                                [[3.0, 4.0], [9.0, 9.0]]]),
+               1: torch.tensor([[[1.0, 0.0], [1.0, 0.0]], [[7.0, 7.0], [1.0, 0.0]], [[5.0, 5.0], [5.0, 5.0]],
+                                [[1.0, 1.0], [9.0, 9.0]]])}
+    original = {0: torch.tensor([[[1.0, 0.0], [0.0, -1.0]], [[-1.0, 1.0], [3.0, 4.0]], [[0.0, 0.0], [0.0, 0.0]],
+                                 [[0.0, 0.0], [0.0, 0.0]]]),
+                1: torch.tensor([[[1.0, 1.0], [-1.0, 0.0]], [[7.0, 7.0], [0.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]],
+                                 [[1.0, 1.0], [0.0, 0.0]]])}
+    mask = torch.tensor([[1, 1], [1, 1], [1, 1], [1, 0]])  # the normal row's second token is padding
+    answers = torch.tensor([[True, True], [False, True], [False, True], [False, True]])
+    return (hand_pass(hidden=current, mask=mask, answer_mask=answers),
+            hand_pass(hidden=original, mask=mask, answer_mask=answers))
+
+
+def test_rerouting_and_hidden_retain_by_hand():
+    current, original = rr_passes()
+    # layer 0, forget answer tokens: cos 1, cos -1 -> 0, (row 1's first token is prompt), cos 1: 2/3
+    # layer 1: cos([1,0],[1,1]) = 1/sqrt(2), cos([1,0],[-1,0]) -> 0, cos([1,0],[0,1]) = 0: 0.7071/3
+    rerouting = (2 / 3 + (1 / math.sqrt(2)) / 3) / 2
+    # normal row, its one real token: ||[3,4] - 0|| = 5 at layer 0, 0 at layer 1
+    distance = (5.0 + 0.0) / 2
+    start, middle = StepOutputs(current, original, 0.0), StepOutputs(current, original, 0.5)
+    knobs = {"rr_layers": [0, 1], "rr_alpha": 5.0}
+    assert loss("rr_reroute", start, **knobs) == pytest.approx(5.0 * rerouting, rel=1e-6)
+    assert loss("rr_reroute", middle, **knobs) == pytest.approx(5.0 * 0.75 * rerouting, rel=1e-6)  # a(1 - t/2T)
+    assert loss("rr_retain", start, **knobs) == 0.0  # a t/2T: nothing held at the start
+    assert loss("rr_retain", middle, **knobs) == pytest.approx(5.0 * 0.25 * distance, rel=1e-6)
+    assert loss("retain_hidden", start, rr_layers=[0, 1]) == pytest.approx(distance, rel=1e-6)
+    assert loss("retain_hidden", start, rr_layers=[1]) == pytest.approx(0.0, abs=1e-7)  # the layer knob selects
+    # an unchanged model: cos 1 everywhere (the rerouting term at its maximum), no distance
+    same = StepOutputs(original, original, 0.0)
+    assert loss("rr_reroute", same, rr_layers=[0], rr_alpha=1.0) == pytest.approx(1.0, rel=1e-6)
+    assert loss("retain_hidden", same, rr_layers=[0, 1]) == 0.0
+
+
+def test_dpo_against_refusals_by_hand():
+    rows = torch.tensor([0, 0, 1, 2, 3])
+    groups = ["forget", "forget", "mismatch", "mismatch"]
+    current = Pass(torch.tensor([-1.0, -3.0, -1.0, -2.0, -3.0]), rows, groups, {})  # rows: -4, -1, -2, -3
+    reference = Pass(torch.tensor([-1.5, -1.5, -1.5, -2.5, -2.5]), rows, groups, {})  # rows: -3, -1.5, -2.5, -2.5
+    # rejected (forget) log-ratios -1, 0.5; chosen (refusal) log-ratios 0.5, -0.5
+    expected = -(F.logsigmoid(torch.tensor(0.1 * (0.5 + 1.0))) + F.logsigmoid(torch.tensor(0.1 * (-0.5 - 0.5)))) / 2
+    out = StepOutputs(current, reference)
+    assert loss("dpo", out, dpo_beta=0.1, mismatch_k=1) == pytest.approx(float(expected), rel=1e-6)
+    # two refusals per forget row: the forget row (log-ratio -4 - -3 = -1) against their mean (0.5, 0.5)
+    assert loss("dpo", StepOutputs(Pass(current.logps[:4], rows[:4], ["forget", "mismatch", "mismatch"], {}),
+                                   Pass(reference.logps[:4], rows[:4], ["forget", "mismatch", "mismatch"], {})),
+                dpo_beta=1.0, mismatch_k=2) == pytest.approx(float(-F.logsigmoid(torch.tensor(0.5 + 1.0))), rel=1e-6)
+    with pytest.raises(ValueError, match="dpo: 2 refusal rows for 2 forget rows"):
+        loss("dpo", out, dpo_beta=0.1, mismatch_k=2)

@@ -180,7 +180,8 @@ def test_empty_folder_is_an_input_error(tmp_path):
         build_report(tmp_path / "missing")
 
 
-TASKS = {"harmful": {"name": "harmful", "unseen": {"path": "u.jsonl"}, "normal": {"path": "n.jsonl"}},
+TASKS = {"harmful": {"name": "harmful", "unseen": {"path": "u.jsonl"}, "normal": {"path": "n.jsonl"},
+                     "benign": {"path": "xstest.csv", "where": {"label": "safe"}}},
          "leak": {"name": "leak", "unseen": {"path": "u.txt"}},
          "hallucination": {"name": "hallucination", "forget": {"path": "h.jsonl"}, "unseen": {"path": "h2.jsonl"}},
          "contains": {"name": "contains", "paraphrase": {"path": "p.jsonl"}, "unseen": {"path": "u.jsonl"},
@@ -189,8 +190,9 @@ TASKS = {"harmful": {"name": "harmful", "unseen": {"path": "u.jsonl"}, "normal":
          "mia": {"name": "mia", "holdout": {"path": "h.jsonl"}}}
 EXPECTED = {  # which way is better, per task, as a user of this field reads each metric
     "harmful": {"harmful_rate": "lower", "harmful_rate@forget": "lower", "harmful_rate@unseen": "lower",
-                "harmful_rate@normal": "lower", "refusal_rate@forget": "higher", "refusal_rate@unseen": "higher",
-                "refusal_rate@normal": "lower", "judge_accuracy": None},
+                "harmful_rate@normal": "lower", "harmful_rate@benign": "lower", "refusal_rate@forget": "higher",
+                "refusal_rate@unseen": "higher", "refusal_rate@normal": "lower", "refusal_rate@benign": "lower",
+                "judge_accuracy": None},
     "leak": {"leak_rate": "lower", **{f"{m}@{r}": "lower" for m in ("leak_rate", "bleu", "rouge_l")
                                       for r in ("forget", "unseen")}},
     "hallucination": {"hallucination_rate": "lower", "hallucination_rate@forget": "lower",

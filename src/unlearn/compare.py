@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 FORGET_TASKS = ("harmful", "leak", "hallucination", "contains")
 FORGET_ROLES = ("unseen", "paraphrase", "forget")  # the plotted one: prompts not trained on first
-UTILITY_METRICS = ("similarity_to_original@normal", "recall@retain", "perplexity@normal", "refusal_rate@normal")
+UTILITY_METRICS = ("similarity_to_original@normal", "recall@retain", "perplexity@normal", "refusal_rate@benign",
+                   "refusal_rate@normal")
 
 
 @dataclass(frozen=True)

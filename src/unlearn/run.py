@@ -42,6 +42,9 @@ def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: li
     if config.data.forget.source == "self" and state.num_processes > 1:
         raise ConfigError("data.forget.source: self samples and judges on one process; run it without "
                           "accelerate launch (or with --num_processes 1)")
+    if config.train.project_conflicts and state.num_processes > 1:
+        raise ConfigError("train.project_conflicts: the two gradients are taken on one process; run it without "
+                          "accelerate launch (or with --num_processes 1)")
     preflight(config, output_dir, resume=resume, overwrite=overwrite)
     state.wait_for_everyone()  # every process checked the folder before the main one writes to it
     folder = RunFolder(output_dir)
@@ -63,7 +66,7 @@ def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: li
         state.wait_for_everyone()  # the other processes read the main process's files
     data = build_data(data_cfg, tokenizer, seed=train_cfg.seed, batch_size=train_cfg.batch_size,
                       normal_batch_size=train_cfg.normal_batch_size or train_cfg.batch_size,
-                      mismatch_k=method.knobs.mismatch_k if "mismatch" in method.weights else 0,
+                      mismatch_k=method.knobs.mismatch_k if "mismatch" in method.groups else 0,
                       mismatch_answers=method.mismatch_answers,
                       guard_answers=method.mismatch_answers if "guard" in method.groups else None)
     if state.is_main_process:
@@ -132,6 +135,11 @@ def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: li
         "total_seconds": round(time.perf_counter() - started, 2), "outputs": paths,
         "final": result.log[-1] if result.log else None,
     }
+    if config.train.project_conflicts and result.log:
+        cosines = [row["grad_cosine"] for row in result.log if "grad_cosine" in row]
+        summary["conflicts"] = {"steps_conflicting": sum(row.get("conflict", 0) > 0 for row in result.log),
+                                "steps": len(result.log),
+                                "mean_cosine": round(sum(cosines) / len(cosines), 4) if cosines else None}
     for hook in hooks:
         summary.update(hook.summary())
     atomic_write_json(folder.summary, summary)

@@ -38,6 +38,9 @@ class SourceConfig(Strict):
     # `answer_tokens` long, generated before training (unlearn.data.original)
     source: Literal["dataset", "self", "original"] = "dataset"
     answer_tokens: int = Field(64, gt=0)
+    # keep only the rows whose fields equal these values (before skip/limit), e.g. {label: safe};
+    # a CSV cell "False" equals false (cells are text)
+    where: dict[str, str | bool | int | float] | None = None
 
     @model_validator(mode="after")
     def _window(self):

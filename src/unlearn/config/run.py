@@ -122,6 +122,9 @@ class MethodConfig(Strict):
     kl_tokens: int = Field(4, gt=0)  # kl_first_tokens: how many answer tokens per normal row
     rmu_layer: int | None = None
     rmu_steering: float = Field(6.5, gt=0)
+    rr_layers: list[int] | None = Field(None, min_length=1)  # rr / retain_hidden (default: a third, two thirds up)
+    rr_alpha: float = Field(5.0, gt=0)  # rr: the schedule's scale a (published 5-10)
+    dpo_beta: float = Field(0.1, gt=0)
 
     @field_validator("weights")
     @classmethod
@@ -155,6 +158,15 @@ class TrainConfig(Strict):
     save_every: int | None = Field(None, gt=0)
     max_kl: float | None = Field(None, gt=0)  # divergence guard on the normal-data KL
     log_every: int = Field(1, gt=0)
+    # PCGrad: where the forget-side gradient conflicts with the normal-side one, drop its component
+    # along it (one process, no fp16 loss scaling)
+    project_conflicts: bool = False
+
+    @model_validator(mode="after")
+    def _projection(self):
+        if self.project_conflicts and self.mixed_precision == "fp16":
+            raise ValueError("project_conflicts takes its gradients without fp16 loss scaling: use bf16 or no")
+        return self
 
 
 class OutputConfig(Strict):

@@ -145,6 +145,8 @@ def read_fields(source, names: tuple[str, ...]) -> list[tuple[str, ...]]:
     for name in names:
         if rows and name not in columns:
             raise DataError(f"{path}: unknown field {name!r}; fields are: {', '.join(map(str, columns))}")
+    if source.where:
+        rows = _filtered(rows, source.where, path, columns)
     records = []
     for where, row in rows:
         values = tuple(_field(row, name, where) for name in names)
@@ -160,11 +162,28 @@ def read_fields(source, names: tuple[str, ...]) -> list[tuple[str, ...]]:
     return records
 
 
+def _filtered(rows: list[tuple[str, dict]], where: dict, path: Path, columns: list) -> list[tuple[str, dict]]:
+    """The rows whose fields equal `where`'s values (text compares without case: a CSV cell is text)."""
+    for name in where:
+        if rows and name not in columns:
+            raise DataError(f"{path}: where: unknown field {name!r}; fields are: {', '.join(map(str, columns))}")
+
+    def equal(value, wanted) -> bool:
+        return value == wanted or str(value).strip().lower() == str(wanted).strip().lower()
+
+    kept = [(at, row) for at, row in rows if all(equal(row.get(k), v) for k, v in where.items())]
+    if rows and not kept:
+        raise DataError(f"{path}: no row has {', '.join(f'{k} = {v!r}' for k, v in where.items())} (where:)")
+    return kept
+
+
 def read_pairs(source: SourceConfig, tokenizer=None) -> list[Pair]:
     """All usable pairs of a source (rows with an empty prompt or response are skipped)."""
     if detect_format(source) != "text":
         return [Pair(*fields) for fields in read_fields(source, (source.prompt, source.response))]
     path = Path(source.path).expanduser()
+    if source.where:
+        raise DataError(f"{path}: where: filters the rows of a structured file; plain text has no fields")
     if not path.is_file():
         raise DataError(f"{path}: data file not found")
     if tokenizer is None:

@@ -37,13 +37,12 @@ class Needs:
     full_logprobs: set[str] = field(default_factory=set)  # groups needing full-vocab log-probs
     reference_logps: set[str] = field(default_factory=set)  # groups needing reference token log-probs
     reference_full: set[str] = field(default_factory=set)  # groups needing reference full log-probs
-    hidden_layer: int | None = None  # decoder layer whose output an objective reads
+    hidden_layers: frozenset[int] = frozenset()  # decoder layers whose outputs an objective reads
     reference_hidden: set[str] = field(default_factory=set)
 
     def merge(self, other: "Needs") -> "Needs":
         return Needs(self.full_logprobs | other.full_logprobs, self.reference_logps | other.reference_logps,
-                     self.reference_full | other.reference_full,
-                     other.hidden_layer if other.hidden_layer is not None else self.hidden_layer,
+                     self.reference_full | other.reference_full, self.hidden_layers | other.hidden_layers,
                      self.reference_hidden | other.reference_hidden)
 
     @property
@@ -59,8 +58,9 @@ class Pass:
     position_row: torch.Tensor  # (N,) row of each position
     row_group: list[str]
     full_logprobs: dict[str, torch.Tensor]  # group -> (N_group, V)
-    hidden: torch.Tensor | None = None  # (rows, T, D) output of the chosen layer
+    hidden: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (rows, T, D) output of that layer
     attention_mask: torch.Tensor | None = None
+    answer_mask: torch.Tensor | None = None  # (rows, T): True at answer tokens (what carries loss)
 
     def group_positions(self, group: str) -> torch.Tensor:
         """Mask over answer positions: True where the position belongs to a row of `group`."""
@@ -83,15 +83,21 @@ class Pass:
         counts = counts.index_add(0, self.position_row, torch.ones_like(self.logps))
         return counts[rows]
 
-    def group_hidden(self, group: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def group_hidden(self, group: str, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A layer's outputs on the rows of `group`, and the rows' attention mask."""
         rows = [i for i, g in enumerate(self.row_group) if g == group]
-        return self.hidden[rows], self.attention_mask[rows]
+        return self.hidden[layer][rows], self.attention_mask[rows]
+
+    def group_answer_mask(self, group: str) -> torch.Tensor:
+        rows = [i for i, g in enumerate(self.row_group) if g == group]
+        return self.answer_mask[rows]
 
 
 @dataclass
 class StepOutputs:
     current: Pass
     reference: Pass | None
+    progress: float = 0.0  # share of the training budget done before this step (t / T): for schedules
 
 
 def length_buckets(lengths: list[int], cost: int = BUCKET_COST_TOKENS) -> list[list[int]]:
@@ -195,13 +201,13 @@ def _inputs(group: list[Packed], device) -> dict:
             "position_ids": positions.to(device)}
 
 
-def _model_pass(model, batch: StepBatch, full_groups: set[str], hidden_layer: int | None,
+def _model_pass(model, batch: StepBatch, full_groups: set[str], hidden_layers: frozenset[int] = frozenset(),
                 split_rows: bool = True) -> Pass:
     lengths = batch.attention_mask.sum(1).tolist()  # rows are right-padded
     ids = [row[:n] for row, n in zip(batch.input_ids.tolist(), lengths)]
     labels = [row[:n] for row, n in zip(batch.labels.tolist(), lengths)]
-    # a layer's output is read row by row (RMU): then the rows run as they are, in one forward
-    as_is = hidden_layer is not None
+    # a layer's output is read row by row (RMU, rerouting): then the rows run as they are, in one forward
+    as_is = bool(hidden_layers)
     # a custom 4D mask needs the sdpa attention (eager wants an additive float mask, flash none)
     share = not as_is and getattr(unwrap(model).config, "_attn_implementation", None) == "sdpa"
     packed = pack_rows(ids, labels, share)
@@ -232,19 +238,20 @@ def _model_pass(model, batch: StepBatch, full_groups: set[str], hidden_layer: in
     for group in full_groups:
         in_group = torch.tensor([g == group for g in batch.row_group], device=device)
         full[group] = F.log_softmax(logits[in_group[row_index]], dim=-1)
-    hidden = outputs.hidden_states[hidden_layer + 1] if as_is else None
-    return Pass(logps, row_index, list(batch.row_group), full, hidden, batch.attention_mask)
+    hidden = {layer: outputs.hidden_states[layer + 1] for layer in hidden_layers}
+    return Pass(logps, row_index, list(batch.row_group), full, hidden, batch.attention_mask, batch.labels != IGNORE)
 
 
-def step_forward(model, batch: StepBatch, needs: Needs, frozen_copy=None, split_rows: bool = True) -> StepOutputs:
+def step_forward(model, batch: StepBatch, needs: Needs, frozen_copy=None, split_rows: bool = True,
+                 progress: float = 0.0) -> StepOutputs:
     """split_rows=False: one forward per pass (sharded models need the same number of forwards,
     each a collective, on every process)."""
-    current = _model_pass(model, batch, needs.full_logprobs, needs.hidden_layer, split_rows)
+    current = _model_pass(model, batch, needs.full_logprobs, needs.hidden_layers, split_rows)
     reference = None
     groups = needs.reference_groups
     if groups:
         with torch.no_grad(), original_model(model, frozen_copy) as original:
             reference = _model_pass(original, batch.select(tuple(sorted(groups))) if groups != set(batch.row_group)
                                     else batch, needs.reference_full,
-                                    needs.hidden_layer if needs.reference_hidden else None, split_rows)
-    return StepOutputs(current, reference)
+                                    needs.hidden_layers if needs.reference_hidden else frozenset(), split_rows)
+    return StepOutputs(current, reference, progress)

@@ -132,7 +132,7 @@ def simnpo(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
 
 
 def _rmu_needs(method: MethodConfig) -> Needs:
-    return Needs(hidden_layer=method.rmu_layer, reference_hidden={"normal"})
+    return Needs(hidden_layers=frozenset({method.rmu_layer} - {None}), reference_hidden={"normal"})
 
 
 def _masked_mse(hidden: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -151,7 +151,7 @@ def rmu_direction(hidden_size: int, seed: int, steering: float) -> torch.Tensor:
 def rmu_forget(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
     """RMU (Li et al. 2024, WMDP): MSE between a layer's activations on forget rows and a fixed
     random direction scaled by `rmu_steering`, which scrambles what later layers read."""
-    hidden, mask = out.current.group_hidden("forget")
+    hidden, mask = out.current.group_hidden("forget", method.rmu_layer)
     target = rmu_direction(hidden.shape[-1], 0, method.rmu_steering).to(hidden)
     return _masked_mse(hidden, target, mask)
 
@@ -159,6 +159,74 @@ def rmu_forget(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
 @objective("rmu_retain", ("normal",), _rmu_needs, knobs=("rmu_layer",))
 def rmu_retain(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
     """RMU's retain term: MSE between the layer's activations on normal rows and the original's."""
-    hidden, mask = out.current.group_hidden("normal")
-    original, _ = out.reference.group_hidden("normal")
+    hidden, mask = out.current.group_hidden("normal", method.rmu_layer)
+    original, _ = out.reference.group_hidden("normal", method.rmu_layer)
     return _masked_mse(hidden, original.to(hidden), mask)
+
+
+def _rr_needs(groups: set[str]) -> Callable[[MethodConfig], Needs]:
+    return lambda m: Needs(hidden_layers=frozenset(m.rr_layers or ()), reference_hidden=set(groups))
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def rerouting(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
+    """Mean over the forget rows' answer tokens and the `rr_layers` of ReLU(cos(h, h_original)):
+    zero once every answer token's hidden state points away from (or orthogonally to) the original's."""
+    mask = out.current.group_answer_mask("forget")
+    terms = []
+    for layer in method.rr_layers:
+        hidden, _ = out.current.group_hidden("forget", layer)
+        original, _ = out.reference.group_hidden("forget", layer)
+        terms.append(_masked_mean(F.relu(F.cosine_similarity(hidden.float(), original.float(), dim=-1)), mask))
+    return torch.stack(terms).mean()
+
+
+def hidden_distance(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
+    """Mean over the normal rows' tokens (prompt and answer) and the `rr_layers` of ||h - h_original||_2."""
+    terms = []
+    for layer in method.rr_layers:
+        hidden, mask = out.current.group_hidden("normal", layer)
+        original, _ = out.reference.group_hidden("normal", layer)
+        terms.append(_masked_mean((hidden.float() - original.float()).norm(dim=-1), mask))
+    return torch.stack(terms).mean()
+
+
+@objective("rr_reroute", ("forget",), _rr_needs({"forget"}), knobs=("rr_layers", "rr_alpha"))
+def rr_reroute(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
+    """Representation rerouting (circuit breakers, Zou et al. 2024): `rerouting` on the forget rows,
+    weighted by the published schedule rr_alpha * (1 - t / 2T): all of it at the start, half at the end."""
+    return method.rr_alpha * (1 - out.progress / 2) * rerouting(out, method)
+
+
+@objective("rr_retain", ("normal",), _rr_needs({"normal"}), knobs=("rr_layers", "rr_alpha"))
+def rr_retain(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
+    """The rerouting method's retain term: `hidden_distance` on normal rows, weighted by the published
+    schedule rr_alpha * t / 2T (none at the start, rr_alpha / 2 at the end)."""
+    return method.rr_alpha * (out.progress / 2) * hidden_distance(out, method)
+
+
+@objective("retain_hidden", ("normal",), _rr_needs({"normal"}), knobs=("rr_layers",))
+def retain_hidden(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
+    """Hold the normal rows' representations: `hidden_distance` at the `rr_layers`, at a constant
+    weight; usable beside (or instead of) the output KL with any method."""
+    return hidden_distance(out, method)
+
+
+@objective("dpo", ("forget", "mismatch"), lambda m: Needs(reference_logps={"forget", "mismatch"}),
+           knobs=("dpo_beta", "mismatch_k"))
+def dpo(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
+    """DPO against refusals (open-unlearning's IdkDPO): chosen = a refusal (the forget prompt's
+    mismatch rows, refusal targets), rejected = the unwanted answer, reference = the original:
+    -mean log sigmoid(beta * ((log p(c) - log p_orig(c)) - (log p(r) - log p_orig(r)))), each forget
+    row against the mean of its `mismatch_k` refusals."""
+    rejected = out.current.sequence_logps("forget") - out.reference.sequence_logps("forget")
+    chosen = out.current.sequence_logps("mismatch") - out.reference.sequence_logps("mismatch")
+    if chosen.numel() != rejected.numel() * method.mismatch_k:
+        raise ValueError(f"dpo: {chosen.numel()} refusal rows for {rejected.numel()} forget rows "
+                         f"(mismatch_k {method.mismatch_k})")
+    chosen = chosen.view(rejected.numel(), method.mismatch_k).mean(1)
+    return -F.logsigmoid(method.dpo_beta * (chosen - rejected)).mean()

@@ -52,6 +52,14 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            "The paper's templated variant (section 9.2): mismatch answers replaced by short refusals, "
            "so forget prompts get readable refusals instead of random text.",
            refusal_targets=True, defaults={"mismatch_k": 1}),
+    Method("rr", {"rr_reroute": 1.0, "rr_retain": 1.0},
+           "Representation rerouting (circuit breakers, Zou et al. 2024): push the hidden states of the "
+           "unwanted answers away from the original's at rr_layers, hold those of normal rows, with the "
+           "published schedule (rerouting first, retain growing)."),
+    Method("dpo", {"dpo": 1.0, "retain_nll": 1.0},
+           "DPO against refusals (open-unlearning's IdkDPO): a refusal preferred to the unwanted answer, "
+           "the original as reference, plus retain NLL.",
+           refusal_targets=True, defaults={"mismatch_k": 1}),
     Method("rmu", {"rmu_forget": 1.0, "rmu_retain": 1200.0},
            "RMU (Li et al. 2024): steer one layer's activations on forget rows to a random direction, "
            "keep them equal to the original's on normal rows (alpha 1200 with steering 6.5: the "

@@ -56,13 +56,18 @@ def resolve_method(config: MethodConfig, num_layers: int | None = None) -> Resol
     knobs = config.model_copy(update={k: v for k, v in method.defaults.items() if k not in explicit})
     if knobs.rmu_layer is None and num_layers:
         knobs = knobs.model_copy(update={"rmu_layer": max(0, num_layers // 3)})
+    if knobs.rr_layers is None and num_layers:  # the published 10 and 20 of 32: a third and two thirds up
+        knobs = knobs.model_copy(update={"rr_layers": sorted({num_layers // 3, 2 * num_layers // 3})})
     answers = (config.refusals or DEFAULT_REFUSALS) if method.refusal_targets else None
     if "refusal_guard" in weights and answers is None:
         raise MethodError(f"method.weights: refusal_guard guards the method's refusals on normal prompts; "
                           f"{config.name!r} has no refusal targets (use idk)")
     resolved = ResolvedMethod(method, weights, knobs, answers)
-    layer = resolved.needs.hidden_layer  # hidden_states[layer + 1] is read: a bad index must fail before training
-    if layer is not None and (layer < 0 or (num_layers and layer >= num_layers)):
-        raise MethodError(f"method.rmu_layer: {layer} is not a decoder layer of this model"
-                          + (f" (0..{num_layers - 1})" if num_layers else ""))
+    # hidden_states[layer + 1] is read: a bad index must fail before training
+    layer_knobs = {"rmu_layer": [knobs.rmu_layer], "rr_layers": knobs.rr_layers or []}
+    for knob in sorted(set(layer_knobs) & knobs_read(method, weights)):
+        for layer in layer_knobs[knob]:
+            if layer is not None and (layer < 0 or (num_layers and layer >= num_layers)):
+                raise MethodError(f"method.{knob}: {layer} is not a decoder layer of this model"
+                                  + (f" (0..{num_layers - 1})" if num_layers else ""))
     return resolved

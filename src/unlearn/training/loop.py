@@ -61,6 +61,43 @@ def _log_row(step: int, outputs, losses: dict[str, torch.Tensor], total: torch.T
     return row
 
 
+def split_sides(losses: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(forget-side, normal-side) sums of the weighted terms: a term reading normal (or guard) rows
+    is on the normal side. None when one side has no term (nothing can conflict)."""
+    normal = [name for name in losses if {"normal", "guard"} & set(OBJECTIVES[name].groups)]
+    if not normal or len(normal) == len(losses):
+        return None
+    return (sum(v for k, v in losses.items() if k not in normal), sum(losses[k] for k in normal))
+
+
+def project_conflict(forget: list[torch.Tensor], normal: list[torch.Tensor]) -> tuple[list[torch.Tensor], float]:
+    """PCGrad (Yu et al. 2020) for two tasks: when the forget-side gradient points against the
+    normal-side one (negative dot product), remove its component along the normal-side gradient, so
+    the step no longer undoes what the normal data holds. Returns the (projected) forget-side
+    gradient and the cosine between the two before projection."""
+    dot = sum((f.double() * n.double()).sum() for f, n in zip(forget, normal))
+    forget_sq = sum((f.double() ** 2).sum() for f in forget)
+    normal_sq = sum((n.double() ** 2).sum() for n in normal)
+    cosine = float(dot / (forget_sq * normal_sq).sqrt()) if forget_sq > 0 and normal_sq > 0 else 0.0
+    if dot < 0 and normal_sq > 0:
+        scale = dot / normal_sq
+        forget = [f - (scale * n.double()).to(f.dtype) for f, n in zip(forget, normal)]
+    return forget, cosine
+
+
+def backward_projected(forget_loss: torch.Tensor, normal_loss: torch.Tensor, params: list) -> float:
+    """Accumulate into .grad the normal-side gradient plus the projected forget-side one."""
+    def grads(loss, retain):
+        found = torch.autograd.grad(loss, params, retain_graph=retain, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(params, found)]
+
+    forget, normal = grads(forget_loss, True), grads(normal_loss, False)
+    forget, cosine = project_conflict(forget, normal)
+    for param, f, n in zip(params, forget, normal):
+        param.grad = f + n if param.grad is None else param.grad + f + n
+    return cosine
+
+
 def adamw(params, lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
     params = list(params)
     try:  # the fused kernel (CUDA; CPU since torch 2.4): a full fine-tune's optimizer step ~3x faster
@@ -121,14 +158,19 @@ def train(model, data: UnlearnData, method: ResolvedMethod, config: TrainConfig,
                 tokens += batch.answer_tokens
                 with accelerator.autocast():
                     outputs = step_forward(model, batch, needs, reference_model,
-                                           split_rows=accelerator.distributed_type not in SHARDED)
+                                           split_rows=accelerator.distributed_type not in SHARDED,
+                                           progress=(step - 1) / config.max_steps)
                     losses = {name: w * OBJECTIVES[name].fn(outputs, method.knobs)
                               for name, w in method.weights.items()}
                     total = sum(losses.values())
                 rows.append(_log_row(step, outputs, losses, total))
                 if not torch.isfinite(total) and accelerator.num_processes == 1:
                     break  # (with several processes all must reach the all-reduce; the agreed row stops them)
-                if micro < config.grad_accum - 1:
+                sides = split_sides(losses) if config.project_conflicts else None
+                if sides is not None:  # two gradients, the forget side's conflict with the normal side removed
+                    cosine = backward_projected(sides[0] / config.grad_accum, sides[1] / config.grad_accum, params)
+                    rows[-1].update(grad_cosine=cosine, conflict=float(cosine < 0))
+                elif micro < config.grad_accum - 1:
                     with accelerator.no_sync(model):
                         accelerator.backward(total / config.grad_accum)
                 else:
