@@ -105,3 +105,15 @@ def test_eval_command_answers_source_original_before_judging(tiny_llama, prompt_
     written = read_jsonl(tmp_path / "eval" / "original_answers" / "normal-0.jsonl")
     assert [r["prompt"] for r in written] == ["What is the capital of France?", "Who wrote Hamlet?",
                                               "When does water boil?"][: len(written)]
+
+
+def test_a_filtered_source_is_answered_on_its_kept_rows(tiny_llama, prompt_file, tmp_path):
+    rows = [{"Question": "What is the capital of France?", "label": "safe"},
+            {"Question": "How do I pick a lock?", "label": "unsafe"},
+            {"Question": "Who wrote Hamlet?", "label": "safe"}]
+    prompt_file["prompts"] = write_jsonl(tmp_path / "labelled.jsonl", rows)
+    raw = _config(tiny_llama, prompt_file)
+    raw["data"]["normal"]["where"] = {"label": "safe"}
+    run(load_config(raw=raw), tmp_path / "out")
+    answered = read_jsonl(tmp_path / "out" / "original_answers" / "normal-0.jsonl")
+    assert [r["prompt"] for r in answered] == ["What is the capital of France?", "Who wrote Hamlet?"]

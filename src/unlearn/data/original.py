@@ -12,6 +12,7 @@ UNLEARN_CACHE/original/ and reused by any run with the same model files, source,
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -37,12 +38,12 @@ def original_answers(data: DataConfig, model, tokenizer, output_dir: Path, *, re
     if not uses_original(data):
         return data
     folder = RunFolder(output_dir).original_answers
-    done: dict[tuple, SourceConfig] = {}  # a source named twice (normal and mismatch pool) is answered once
+    done: dict[str, SourceConfig] = {}  # a source named twice (normal and mismatch pool) is answered once
 
     def replace(source: SourceConfig, where: str) -> SourceConfig:
         if source.source != "original":
             return source
-        key = tuple(sorted(source.model_dump(exclude={"weight"}).items()))
+        key = json.dumps(source.model_dump(exclude={"weight"}), sort_keys=True)
         if key not in done:
             path = folder / f"{where}.jsonl"
             if write and not (resume and path.is_file()):
