@@ -103,7 +103,7 @@ def test_head_sees_answer_positions_only(tiny_llama):
     hook = model.get_output_embeddings().register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
     try:
         with torch.no_grad():
-            _model_pass(model, batch, set(), None)
+            _model_pass(model, batch, set())
     finally:
         hook.remove()
     assert sum(shape[0] for shape in seen) == batch.answer_tokens  # (N, D) rows, never (rows, T, D)

@@ -72,8 +72,8 @@ def test_override_without_equals_sign(run_config, tmp_path):
 # --- methods, objectives, weights, judges, templates ------------------------------------------------
 
 @pytest.mark.parametrize("override,fragments", [
-    ("method.name=foo", ["method.name: unknown method 'foo'; known: ga, ga_kl, graddiff, idk, npo, paper"]),
-    ("method.weights.foo=1", ["method.weights: unknown objective 'foo'; known: forget_ga, kl_first_tokens, kl_to_original"]),
+    ("method.name=foo", ["method.name: unknown method 'foo'; known: dpo, ga, ga_kl, graddiff, idk, npo, paper"]),
+    ("method.weights.foo=1", ["method.weights: unknown objective 'foo'; known: dpo, forget_ga, kl_first_tokens, kl_to_original"]),
     ("method.weights.forget_ga=-1", ["method.weights", "weight of 'forget_ga' must be a non-negative number, got -1"]),
     ("method.weights.forget_ga=abc", ["method.weights.forget_ga: Input should be a valid number"]),
     ("method.weights.forget_ga=.inf", ["weight of 'forget_ga' must be a non-negative number, got inf"]),

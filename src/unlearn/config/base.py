@@ -19,6 +19,11 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
+# `where:` of a source: keep only the rows whose fields equal these values (before skip/limit), e.g.
+# {label: safe}; a CSV cell "False" equals false (cells are text)
+RowFilter = dict[str, str | bool | int | float] | None
+
+
 class SourceConfig(Strict):
     """One data file. `prompt`/`response` name the fields to read (or, for `format: text`,
     the file is plain text cut into token windows: the first `prompt_tokens` tokens are the
@@ -38,9 +43,7 @@ class SourceConfig(Strict):
     # `answer_tokens` long, generated before training (unlearn.data.original)
     source: Literal["dataset", "self", "original"] = "dataset"
     answer_tokens: int = Field(64, gt=0)
-    # keep only the rows whose fields equal these values (before skip/limit), e.g. {label: safe};
-    # a CSV cell "False" equals false (cells are text)
-    where: dict[str, str | bool | int | float] | None = None
+    where: RowFilter = None
 
     @model_validator(mode="after")
     def _window(self):

@@ -16,7 +16,7 @@ from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from unlearn.config.base import ConfigError, SourceConfig, Strict, format_validation_error
+from unlearn.config.base import ConfigError, RowFilter, SourceConfig, Strict, format_validation_error
 
 Direction = Union[Literal["higher", "lower"], float, None]  # a float: the ideal value
 
@@ -74,6 +74,7 @@ class AnswerSource(Strict):
     format: Literal["auto", "jsonl", "json", "csv", "parquet"] = "auto"
     limit: int | None = Field(None, gt=0)
     skip: int = Field(0, ge=0)
+    where: RowFilter = None
 
 
 class _Task(Strict):
