@@ -28,8 +28,8 @@ def preflight(config: RunConfig, output_dir: Path, *, resume: bool = False, over
             raise DataError(f"{source.path}: data file not found ({where}.path)")
         if detect_format(source) != "text":  # malformed lines, unknown fields, nothing left after filtering
             read_fields(source, _fields(config.data, source))
-    for section, where in ((config.eval, "eval"), (config.select, "select")):
-        for where, source in _data_files(section, where):
+    for section, name in ((config.eval, "eval"), (config.select, "select")):
+        for where, source in _data_files(section, name):
             if not Path(source.path).expanduser().is_file():
                 raise DataError(f"{source.path}: data file not found ({where}.path)")
     if config.select is not None and config.eval is None and config.select.eval is None:

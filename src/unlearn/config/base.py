@@ -80,8 +80,6 @@ def format_validation_error(error: ValidationError, source: str, model: type[Bas
     return f"{source}: {where}: {message}"
 
 
-
-
 def path_fields(node, where: str):
     """(config path, section) for every section under `node` that names a file or folder in `path`:
     data sources, the judge's model folder. The one walk that resolves and checks paths."""

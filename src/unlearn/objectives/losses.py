@@ -1,7 +1,9 @@
 """Objectives: pure functions of (step outputs, method knobs) -> scalar loss, registered by name.
 
-Every objective reads answer-token quantities only (prompt and padding never carry loss). Token
-means are over all answer tokens of a group in the step (the usual causal-LM loss convention).
+Output objectives read answer-token quantities only (prompt and padding never carry loss); token
+means are over all answer tokens of a group in the step (the usual causal-LM loss convention). The
+hidden-state objectives read a layer's outputs: RMU and the retain terms at every non-padding token
+of a row, rerouting at the forget rows' answer tokens.
 """
 from __future__ import annotations
 
