@@ -150,6 +150,20 @@ def test_read_pairs_field_mapping_and_errors(tmp_path):
         read_pairs(SourceConfig(path=str(bad)))
 
 
+def test_json_lines_inside_a_json_file_are_read_as_published_by_tofu(tmp_path):
+    lines = tmp_path / "forget.json"  # TOFU publishes its sets as one object per line, extension .json
+    lines.write_text('{"question": "Q1?", "answer": "A1."}\n{"question": "Q2?", "answer": "A2."}\n')
+    pairs = read_pairs(SourceConfig(path=str(lines), prompt="question", response="answer"))
+    assert [(p.prompt, p.response) for p in pairs] == [("Q1?", "A1."), ("Q2?", "A2.")]
+    lines.write_text('{"question": "Q1?", "answer": "A1."}\n{"question": "Q2?", "answer": \n')
+    with pytest.raises(DataError, match=r"forget.json:2: malformed JSON"):  # the bad line, not "Extra data"
+        read_pairs(SourceConfig(path=str(lines), prompt="question", response="answer"))
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"question": "Q1?", "answer": "A1."},\n')
+    with pytest.raises(DataError, match=r"broken.json:2: malformed JSON"):
+        read_pairs(SourceConfig(path=str(broken), prompt="question", response="answer"))
+
+
 def test_text_windows_split_on_token_boundaries(tokenizers, tmp_path):
     tokenizer = tokenizers["llama"]
     text = tmp_path / "book.txt"

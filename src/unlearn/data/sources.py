@@ -75,6 +75,8 @@ def _json_rows(path: Path) -> list[tuple[str, dict]]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data":  # one object per line in a .json file (as TOFU publishes its sets)
+            return _jsonl_rows(path)
         raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
     if isinstance(data, dict) and data and all(isinstance(v, list) for v in data.values()):
         columns = list(data)  # column-oriented: {"question": [...], "answer": [...]}
