@@ -3,6 +3,7 @@
     config.yaml        the resolved config           summary.json      steps, wall time, selection
     train_log.jsonl    one line per step              metrics.json      before / after / directions
     generations.jsonl  every evaluated output         report.html/.md   the report, plots/ its figures
+    per_question.json  per-question values of the tofu/muse tasks (a later evaluation's reference:)
     negatives.jsonl    on-policy negatives            model/ adapter/   the saved weights
     checkpoints/       for --resume and selection     validation/       select:'s evaluations
     original_answers/  the original's answers (normal data with source: original)
@@ -21,7 +22,7 @@ class OutputDirError(InputError):
 
 class RunFolder:
     MARKERS = ("config.yaml", "train_log.jsonl", "summary.json", "metrics.json")  # a run was here
-    FILES = (*MARKERS, "generations.jsonl", "report.html", "report.md", "negatives.jsonl")
+    FILES = (*MARKERS, "generations.jsonl", "per_question.json", "report.html", "report.md", "negatives.jsonl")
     FOLDERS = ("checkpoints", "model", "adapter", "plots", "validation", "original_answers")  # FILES, FOLDERS: what --overwrite removes
 
     def __init__(self, root: str | Path):
@@ -29,6 +30,7 @@ class RunFolder:
         self.config, self.train_log = root / "config.yaml", root / "train_log.jsonl"
         self.summary, self.metrics = root / "summary.json", root / "metrics.json"
         self.generations, self.negatives = root / "generations.jsonl", root / "negatives.jsonl"
+        self.per_question = root / "per_question.json"
         self.report_html, self.report_md, self.plots = root / "report.html", root / "report.md", root / "plots"
         self.checkpoints, self.validation = root / "checkpoints", root / "validation"
         self.model, self.adapter, self.original_answers = root / "model", root / "adapter", root / "original_answers"

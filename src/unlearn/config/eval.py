@@ -215,8 +215,109 @@ class MiaTask(_Task):
     k: float = Field(0.2, gt=0, le=1)  # share of lowest-scoring tokens for min-k% / min-k%++
 
 
-TaskConfig = Annotated[Union[HarmfulTask, LeakTask, HallucinationTask, ContainsTask, UtilityTask, MiaTask],
-                       Field(discriminator="name")]
+class TofuSource(Strict):
+    """TOFU questions (field names as TOFU publishes them). `paraphrased` is read on forget and retain
+    sets only: real_authors and world_facts compare the gold answer itself with its perturbations."""
+
+    path: str
+    prompt: str = "question"
+    answer: str = "answer"
+    paraphrased: str = "paraphrased_answer"
+    perturbed: str = "perturbed_answer"  # a list of wrong answers per question
+    format: Literal["auto", "jsonl", "json", "csv", "parquet"] = "auto"
+    limit: int | None = Field(None, gt=0)
+    skip: int = Field(0, ge=0)
+    where: RowFilter = None
+
+
+class TofuTask(_Task):
+    """TOFU's metrics (Maini et al. 2024): per set, the answers' token-normalised probability, ROUGE-L
+    recall of the greedy answer, the truth ratio; model utility over the three kept sets, and with
+    `reference:` (a finished evaluation of the retain model) the forget quality. See evaluation/tofu.py."""
+
+    roles: ClassVar = ("forget", "retain", "real_authors", "world_facts")
+    defaulted: ClassVar = ()
+    kept: ClassVar = ("retain", "real_authors", "world_facts")  # the sets model utility averages over
+    # forget: lower probability and recall are forgetting; its truth ratio min(R, 1/R) rises to 1
+    # when the model cannot tell the paraphrased answer from the perturbed ones
+    metrics: ClassVar = {"prob": {"forget": "lower", **dict.fromkeys(kept, "higher")},
+                         "rouge_l_recall": {"forget": "lower", **dict.fromkeys(kept, "higher")},
+                         "truth_ratio": "higher"}
+    whole: ClassVar = {"model_utility": "higher", "forget_quality": "higher"}
+    headline: ClassVar = None
+    name: Literal["tofu"]
+    forget: TofuSource | None = None
+    retain: TofuSource | None = None
+    real_authors: TofuSource | None = None
+    world_facts: TofuSource | None = None
+    reference: str | None = None  # an `unlearn eval`/`run` output folder of the retain model
+    max_new_tokens: int | None = Field(None, gt=0)  # default: generation.max_new_tokens
+
+    @model_validator(mode="after")
+    def _sets(self):
+        if self.forget is None and self.reference is not None:
+            raise ValueError("reference: compares forget-set truth ratios; give forget:")
+        if not any(getattr(self, role) is not None for role in self.roles):
+            raise ValueError("forget: required key is missing (or retain:, real_authors:, world_facts:)")
+        return self
+
+    def directions(self) -> dict[str, Direction]:
+        written = super().directions()
+        if not all(getattr(self, role) is not None for role in self.kept):
+            written.pop("model_utility")
+        if self.reference is None:
+            written.pop("forget_quality")
+        return written
+
+
+class MuseTask(_Task):
+    """MUSE's metrics (Shi et al. 2024) on its files: verbatim memorisation (ROUGE-L F1 of a
+    `max_new_tokens`-token continuation of each `prompt` against `gt`), knowledge memorisation on forget
+    and retain QA (ROUGE-L F1 of a 32-token answer after in-context examples), and privacy leakage
+    (Min-K% AUC, forget vs holdout texts, relative to a reference model's). See evaluation/tofu.py."""
+
+    roles: ClassVar = ("verbmem", "knowmem_forget", "knowmem_retain", "privleak_forget", "privleak_holdout")
+    defaulted: ClassVar = ()
+    metrics: ClassVar = {}
+    # by the sets each needs: a key is written when all its sets are given (privleak: and reference:)
+    keys: ClassVar = {"verbmem@forget": (("verbmem",), "lower"),
+                      "knowmem@forget": (("knowmem_forget",), "lower"),
+                      "knowmem@retain": (("knowmem_retain",), "higher"),
+                      "min_k_auc": (("privleak_forget", "privleak_holdout"), None),
+                      "privleak": (("privleak_forget", "privleak_holdout"), 0.0)}
+    whole: ClassVar = {key: direction for key, (_, direction) in keys.items()}
+    headline: ClassVar = None
+    name: Literal["muse"]
+    verbmem: SourceConfig | None = None  # prompt: prompt, response: gt
+    knowmem_forget: SourceConfig | None = None  # question / answer, with icl:
+    knowmem_retain: SourceConfig | None = None
+    privleak_forget: SourceConfig | None = None  # texts (MUSE: a JSON list of strings: field `text`)
+    privleak_holdout: SourceConfig | None = None
+    knowmem_forget_icl: SourceConfig | None = None  # in-context examples put before each question
+    knowmem_retain_icl: SourceConfig | None = None
+    reference: str | None = None  # an `unlearn eval`/`run` output folder of the retain model
+    max_new_tokens: int = Field(128, gt=0)  # verbmem
+    knowmem_new_tokens: int = Field(32, gt=0)
+    k: float = Field(0.4, gt=0, le=1)  # Min-K%: share of the lowest token log-probabilities
+
+    @model_validator(mode="after")
+    def _sets(self):
+        if not any(getattr(self, role) is not None for role in self.roles):
+            raise ValueError("give at least one of " + ", ".join(f"{r}:" for r in self.roles))
+        if (self.privleak_forget is None) != (self.privleak_holdout is None):
+            raise ValueError("privleak needs both privleak_forget: and privleak_holdout:")
+        if self.reference is not None and self.privleak_forget is None:
+            raise ValueError("reference: is for privleak; give privleak_forget: and privleak_holdout:")
+        return self
+
+    def directions(self) -> dict[str, Direction]:
+        present = set(self.present_roles())
+        return {key: direction for key, (needs, direction) in self.keys.items()
+                if present.issuperset(needs) and (key != "privleak" or self.reference is not None)}
+
+
+TaskConfig = Annotated[Union[HarmfulTask, LeakTask, HallucinationTask, ContainsTask, UtilityTask, MiaTask,
+                             TofuTask, MuseTask], Field(discriminator="name")]
 
 
 class EvalConfig(Strict):

@@ -83,8 +83,11 @@ def _json_rows(path: Path) -> list[tuple[str, dict]]:
         if len({len(v) for v in data.values()}) > 1:
             raise DataError(f"{path}: columns have different lengths ({', '.join(columns)})")
         data = [dict(zip(columns, values)) for values in zip(*data.values())]
+    if isinstance(data, list) and data and all(isinstance(row, str) for row in data):
+        data = [{"text": text} for text in data]  # a list of texts (MUSE's privleak files): field `text`
     if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
-        raise DataError(f"{path}: expected a list of JSON objects (or an object of equal-length lists)")
+        raise DataError(f"{path}: expected a list of JSON objects (or an object of equal-length lists, "
+                        "or a list of texts)")
     return [(f"{path}: item {index + 1}", row) for index, row in enumerate(data)]
 
 
@@ -136,9 +139,17 @@ def _field(row: dict, name: str, where: str) -> str:
     return value
 
 
-def read_fields(source, names: tuple[str, ...]) -> list[tuple[str, ...]]:
-    """The named fields of every row of a structured file (jsonl, json, csv, parquet), as text.
-    Rows with an empty field are skipped (with a warning); then `skip` and `limit` apply."""
+def _texts(row: dict, name: str, where: str) -> tuple[str, ...]:
+    """A field that holds several texts (a list; a single text is a list of one), empty ones left out."""
+    value = row.get(name)
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return tuple(text for text in (_field({name: item}, name, where) for item in items) if text.strip())
+
+
+def read_fields(source, names: tuple[str, ...], lists: tuple[str, ...] = ()) -> list[tuple]:
+    """The named fields of every row of a structured file (jsonl, json, csv, parquet), as text (the
+    fields in `lists` as a tuple of texts, e.g. TOFU's perturbed answers). Rows with an empty field
+    are skipped (with a warning); then `skip` and `limit` apply."""
     path = Path(source.path).expanduser()
     if not path.is_file():
         raise DataError(f"{path}: data file not found")
@@ -151,8 +162,8 @@ def read_fields(source, names: tuple[str, ...]) -> list[tuple[str, ...]]:
         rows = _filtered(rows, source.where, path, columns)
     records = []
     for where, row in rows:
-        values = tuple(_field(row, name, where) for name in names)
-        if all(value.strip() for value in values):
+        values = tuple(_texts(row, name, where) if name in lists else _field(row, name, where) for name in names)
+        if all(value if isinstance(value, tuple) else value.strip() for value in values):
             records.append(values)
     if len(records) < len(rows):
         log.warning("%s: %d rows skipped (an empty %s)", path, len(rows) - len(records), " or ".join(map(repr, names)))

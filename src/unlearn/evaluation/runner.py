@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from unlearn.config import ConfigError, DataConfig, SourceConfig, load_config
-from unlearn.config.eval import AnswerSource, EvalConfig
+from unlearn.config.eval import AnswerSource, EvalConfig, TofuSource
 from unlearn.data.batches import encoder_for
 from unlearn.data.encoding import Encoded, PairEncoder
 from unlearn.data.sources import DataError, detect_format, read_fields, read_pairs
@@ -39,10 +39,14 @@ class PromptSet:
     references: list[str]  # response / true continuation / right answer ("" when not read)
     prompt_ids: list[list[int]]
     encoder: PairEncoder
-    alternatives: list[str] = field(default_factory=list)  # hallucinated answers
+    alternatives: list[str] = field(default_factory=list)  # hallucinated answers / TOFU's paraphrased ones
+    perturbed: list[tuple[str, ...]] = field(default_factory=list)  # TOFU: wrong answers per question
+    answer_ids: list[list[int]] | None = None  # whole texts (MUSE privleak): scored as given, not re-encoded
 
     def encoded(self) -> list[Encoded]:
         """Prompt + reference answer, for likelihood scoring (answer tail cut to max_length)."""
+        if self.answer_ids is not None:
+            return [Encoded(ids, answer) for ids, answer in zip(self.prompt_ids, self.answer_ids)]
         rows = [self.encoder.fit(ids, self.encoder.answer_ids(ref)) for ids, ref in zip(self.prompt_ids, self.references)]
         return [row for row in rows if row is not None]
 
@@ -52,19 +56,29 @@ def read_answers(source: AnswerSource) -> list[tuple[str, str, str]]:
     return read_fields(source, (source.prompt, source.right, source.hallucinated))
 
 
-def read_prompt_set(source: SourceConfig | AnswerSource, tokenizer, data: DataConfig, reads_responses: bool,
-                    where: str, max_rows: int | None = None) -> PromptSet:
-    """A source's rows (the first `max_rows`), encoded as training encodes them; prompts that leave
-    no room for an answer within data.max_length are skipped with a warning."""
+def read_prompt_set(source: SourceConfig | AnswerSource | TofuSource, tokenizer, data: DataConfig,
+                    reads_responses: bool, where: str, max_rows: int | None = None, template: str | None = None,
+                    paraphrased: bool = True) -> PromptSet:
+    """A source's rows (the first `max_rows`), encoded as training encodes them (or with `template`);
+    prompts that leave no room for an answer within data.max_length are skipped with a warning.
+    A TOFU source without `paraphrased` compares the gold answer itself with the perturbed ones."""
+    perturbed = {}
     if isinstance(source, AnswerSource):
         rows = read_answers(source)
+        encoder = PairEncoder(tokenizer, data.template, data.max_length)
+    elif isinstance(source, TofuSource):
+        fields = (source.prompt, source.answer, source.paraphrased if paraphrased else source.answer, source.perturbed)
+        read = read_fields(source, fields, lists=(source.perturbed,))
+        rows = [row[:3] for row in read]
+        perturbed = {row[0]: row[3] for row in read}
         encoder = PairEncoder(tokenizer, data.template, data.max_length)
     else:
         if reads_responses or detect_format(source) == "text":
             rows = [(p.prompt, p.response, "") for p in read_pairs(source, tokenizer)]
         else:  # prompts only: a file without a response field is fine
             rows = [(prompt, "", "") for (prompt,) in read_fields(source, (source.prompt,))]
-        encoder = encoder_for(source, tokenizer, data)
+        encoder = encoder_for(source, tokenizer, data) if template is None else PairEncoder(tokenizer, template,
+                                                                                              data.max_length)
     rows = rows[:max_rows] if max_rows else rows
     kept, ids = [], []
     for row in rows:
@@ -77,7 +91,45 @@ def read_prompt_set(source: SourceConfig | AnswerSource, tokenizer, data: DataCo
                     data.max_length)
     if not kept:
         raise DataError(f"{where}: no prompt fits data.max_length={data.max_length}")
-    return PromptSet([r[0] for r in kept], [r[1] for r in kept], ids, encoder, [r[2] for r in kept])
+    return PromptSet([r[0] for r in kept], [r[1] for r in kept], ids, encoder, [r[2] for r in kept],
+                     [perturbed[r[0]] for r in kept] if perturbed else [])
+
+
+def read_texts(source: SourceConfig, tokenizer, data: DataConfig, max_rows: int | None = None) -> PromptSet:
+    """Whole texts (the `response` field; MUSE's privleak sets) for likelihood scoring: every token
+    after the first, up to data.max_length tokens."""
+    texts = [text for (text,) in read_fields(source, (source.response,))][:max_rows]
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"][: data.max_length] for text in texts]
+    kept = [(text, row) for text, row in zip(texts, ids) if len(row) > 1]
+    return PromptSet([t for t, _ in kept], [t for t, _ in kept], [row[:1] for _, row in kept],
+                     PairEncoder(tokenizer, "raw", data.max_length), answer_ids=[row[1:] for _, row in kept])
+
+
+# MUSE's knowledge questions: in-context examples, then the question, the answer after "Answer:"
+KNOWMEM_FORMAT = "Question: {prompt}\nAnswer: {response}"
+
+
+def _muse_template(task, role: str) -> str:
+    """Raw text for continuations; for knowledge QA the format string with the in-context examples
+    written before it (braces escaped: they are the examples' text, not fields)."""
+    if not role.startswith("knowmem"):
+        return "raw"
+    icl = getattr(task, f"{role}_icl")
+    examples = read_fields(icl, (icl.prompt, icl.response)) if icl is not None else []
+    prefix = "".join(KNOWMEM_FORMAT.format(prompt=q, response=a) + "\n\n" for q, a in examples)
+    return prefix.replace("{", "{{").replace("}", "}}") + KNOWMEM_FORMAT
+
+
+def read_reference(folder: str, where: str) -> dict:
+    """A finished evaluation used as `reference:`: its model's metrics and per-question values (the
+    'after' stage when it evaluated a second model, else 'before')."""
+    run = RunFolder(Path(folder).expanduser())
+    if not run.metrics.is_file() or not run.per_question.is_file():
+        raise ConfigError(f"{where}: {folder}: not a finished evaluation (needs metrics.json and per_question.json "
+                          "from `unlearn eval` or `unlearn run` with this task)")
+    metrics, values = json.loads(run.metrics.read_text()), json.loads(run.per_question.read_text())
+    stage = "after" if "after" in values else "before"
+    return {"metrics": metrics.get(stage, {}), "values": values.get(stage, {}), "stage": stage}
 
 
 def default_source(role: str, data: DataConfig) -> SourceConfig | None:
@@ -94,6 +146,12 @@ class TaskRun:
     model: Any
     reference_model: Any
     evaluator: "Evaluator"
+    reference: dict | None = None  # the task's `reference:` evaluation (read_reference)
+
+    def keep(self, role: str, **values: list[float]) -> None:
+        """Per-question values kept in per_question.json (a later evaluation's reference:)."""
+        stage = self.evaluator.per_question.setdefault(self.stage, {})
+        stage.setdefault(self.task.name, {}).setdefault(role, {}).update(values)
 
     def outputs(self, role: str, max_new_tokens: int | None = None) -> list[str]:
         return self.evaluator.generate(self, role, max_new_tokens)
@@ -116,6 +174,9 @@ class Evaluator:
         self.tokenizer, self.data, self.output_dir = tokenizer, data_cfg, Path(output_dir)
         self.embed = embed
         self.tasks = [(task, self._load_sets(index, task)) for index, task in enumerate(self.config.tasks)]
+        self.references = {index: read_reference(task.reference, f"eval.tasks.{index}.reference")
+                           for index, task in enumerate(self.config.tasks) if getattr(task, "reference", None)}
+        self.per_question: dict[str, dict] = {}  # stage -> task -> role -> value name -> per-question list
         self._examples = (judge_examples(self.config.judge, data_cfg, tokenizer)
                           if any(task.name == "harmful" for task in self.config.tasks) else None)
         self._judge: Judge | None = None
@@ -129,9 +190,16 @@ class Evaluator:
         sets = {}
         for role in task.roles:
             source = getattr(task, role) or (default_source(role, self.data) if role in task.defaulted else None)
-            if source is not None:
-                sets[role] = read_prompt_set(source, self.tokenizer, self.data, task.reads_responses,
-                                             where=f"eval.tasks.{index}.{role}", max_rows=self.config.max_rows)
+            if source is None:
+                continue
+            where = f"eval.tasks.{index}.{role}"
+            if role.startswith("privleak"):
+                sets[role] = read_texts(source, self.tokenizer, self.data, self.config.max_rows)
+            else:
+                sets[role] = read_prompt_set(source, self.tokenizer, self.data, task.reads_responses, where,
+                                             self.config.max_rows,
+                                             template=_muse_template(task, role) if task.name == "muse" else None,
+                                             paraphrased=role in ("forget", "retain"))
         return sets
 
     @property
@@ -168,17 +236,21 @@ class Evaluator:
         were evaluated before (unlearn.evaluation.cache), else evaluated and stored."""
         from unlearn.evaluation import cache
 
-        key = cache.cache_key(model_files, self.config.model_dump(mode="json"), self.data.model_dump(mode="json"))
+        # a reference's content is part of the key: the same path may hold a newer evaluation
+        settings = {**self.config.model_dump(mode="json"), "references": self.references}
+        key = cache.cache_key(model_files, settings, self.data.model_dump(mode="json"))
         entry = cache.load(key)
         if entry is None:
             results = self.evaluate(model, stage="before", model_name=model_name)
             cache.store(key, {"metrics": results, "rows": [r for r in self.rows if r["stage"] == "before"],
-                              "originals": [[task, role, outputs] for (task, role), outputs in self.originals.items()]})
+                              "originals": [[task, role, outputs] for (task, role), outputs in self.originals.items()],
+                              "per_question": self.per_question.get("before", {})})
             return results
         log.info("the original model's evaluation is reused from the cache (%s; UNLEARN_EVAL_CACHE=0 turns it off)", key)
         self.rows = [r for r in self.rows if r["stage"] != "before"] + entry["rows"]
         self.originals.update({(task, role): outputs for task, role, outputs in entry["originals"]})
         self.metrics["before"] = entry["metrics"]
+        self.per_question["before"] = entry.get("per_question", {})
         self._write()
         return entry["metrics"]
 
@@ -189,8 +261,10 @@ class Evaluator:
         self._cache = {}
         self.rows = [row for row in self.rows if row["stage"] != stage]
         results: dict[str, float] = {}
-        for task, sets in self.tasks:
-            values = TASKS[task.name](TaskRun(task, sets, stage, model, reference_model, self))
+        self.per_question.pop(stage, None)
+        for index, (task, sets) in enumerate(self.tasks):
+            values = TASKS[task.name](TaskRun(task, sets, stage, model, reference_model, self,
+                                              self.references.get(index)))
             headline = f"{task.headline}@{next(iter(sets))}" if task.headline else None
             if headline in values:
                 results[task.headline] = values[headline]
@@ -207,6 +281,8 @@ class Evaluator:
         folder = RunFolder(self.output_dir)
         atomic_write_json(folder.metrics, self.saved())
         atomic_write_jsonl(folder.generations, self.rows)
+        if self.per_question:
+            atomic_write_json(folder.per_question, self.per_question)
 
 
 def _label(model) -> str:
@@ -263,7 +339,7 @@ def evaluate_model(config_path, model: str, output_dir, overrides: list[str] | N
     folder = RunFolder(output_dir)
     if folder.metrics.exists() and not overwrite:
         raise OutputDirError(f"{output_dir}: already holds metrics.json; pass --overwrite to replace it")
-    for path in (folder.metrics, folder.generations):
+    for path in (folder.metrics, folder.generations, folder.per_question):
         path.unlink(missing_ok=True)
     output_dir.mkdir(parents=True, exist_ok=True)
 

@@ -10,6 +10,8 @@ import math
 from typing import Callable
 
 from unlearn.data.encoding import Encoded
+from unlearn.errors import InputError
+from unlearn.evaluation import benchmarks as b
 from unlearn.evaluation import metrics as m
 from unlearn.evaluation.privacy import MIA_SCORES, auc
 
@@ -119,4 +121,78 @@ def mia(run) -> dict[str, float]:
         values[f"mia_auc_{name}"] = auc(by_role["forget"], by_role["holdout"])
     for role, scores in scored.items():  # the answers' mean token NLL: how far unlearning pushed them
         values[f"answer_nll@{role}"] = m.mean(s.nll for s in scores)
+    return values
+
+
+def _nlls(run, questions, rows: list[int], answers: list[str]) -> list[float]:
+    """Mean token NLL of each answer given the prompt of its question (`rows`: the question of each)."""
+    encoder = questions.encoder
+    encoded = [encoder.fit(questions.prompt_ids[row], encoder.answer_ids(a)) for row, a in zip(rows, answers)]
+    return [s.nll for s in run.evaluator.score(run.model, encoded)]  # read_prompt_set left room for answers
+
+
+@task("tofu")
+def tofu(run) -> dict[str, float]:
+    new_tokens = run.task.max_new_tokens or run.evaluator.config.generation.max_new_tokens
+    values, ratios = {}, {}
+    for role, questions in run.sets.items():
+        every = range(len(questions.prompts))
+        nll_answer = _nlls(run, questions, every, questions.references)
+        nll_true = _nlls(run, questions, every, questions.alternatives)  # paraphrased (forget/retain) or the answer
+        # every perturbed answer of every question scored in one pass, then regrouped by question
+        flat = [(row, text) for row, texts in enumerate(questions.perturbed) for text in texts]
+        nll_flat = _nlls(run, questions, [r for r, _ in flat], [t for _, t in flat])
+        nll_perturbed = [[n for (r, _), n in zip(flat, nll_flat) if r == row] for row in every]
+        kept = [row for row, n in enumerate(nll_perturbed) if n]  # questions without wrong answers have no ratio
+        ratios[role] = [b.truth_ratio(nll_true[row], nll_perturbed[row]) for row in kept]
+        if role in ("forget", "retain"):
+            probs = [b.normalised_prob(n) for n in nll_answer]
+        else:
+            probs = [b.relative_prob(nll_answer[row], nll_perturbed[row]) for row in every]
+        recall = [b.rouge_l_recall(o, g) for o, g in zip(run.outputs(role, new_tokens), questions.references)]
+        values[f"prob@{role}"] = m.mean(probs)
+        values[f"rouge_l_recall@{role}"] = m.mean(recall)
+        values[f"truth_ratio@{role}"] = b.truth_ratio_score(ratios[role], forget=role == "forget")
+        run.keep(role, truth_ratio=ratios[role], prob=probs, rouge_l_recall=recall)
+    utility = [values[f"{metric}@{role}"] for role in run.task.kept for metric in ("prob", "rouge_l_recall", "truth_ratio")
+               if f"{metric}@{role}" in values]
+    if len(utility) == 3 * len(run.task.kept):
+        values["model_utility"] = b.model_utility(utility)
+    if run.reference is not None:
+        reference = run.reference["values"].get("tofu", {}).get("forget", {}).get("truth_ratio")
+        if not reference:
+            raise InputError(f"{run.task.reference}: its evaluation has no tofu forget-set truth ratios")
+        values["forget_quality"] = b.forget_quality(ratios["forget"], reference)
+    return values
+
+
+@task("muse")
+def muse(run) -> dict[str, float]:
+    task, values = run.task, {}
+    if "verbmem" in run.sets:
+        outputs = run.outputs("verbmem", task.max_new_tokens)
+        scores = [m.rouge_l(o, gt) for o, gt in zip(outputs, run.sets["verbmem"].references)]
+        values["verbmem@forget"] = m.mean(scores)
+        run.keep("verbmem", rouge_l=scores)
+    for side in ("forget", "retain"):
+        role = f"knowmem_{side}"
+        if role in run.sets:
+            # an answer ends at its line's end: after it the model goes on with the next example
+            outputs = [o.split("\n")[0].strip() for o in run.outputs(role, task.knowmem_new_tokens)]
+            scores = [m.rouge_l(o, a) for o, a in zip(outputs, run.sets[role].references)]
+            values[f"knowmem@{side}"] = m.mean(scores)
+            run.keep(role, rouge_l=scores)
+    if "privleak_forget" in run.sets:
+        scores = {}
+        for role in ("privleak_forget", "privleak_holdout"):
+            texts = run.sets[role]
+            scored = run.evaluator.score(run.model, texts.encoded())
+            scores[role] = [MIA_SCORES["min_k"](s, text, task.k) for s, text in zip(scored, texts.references)]
+            run.keep(role, min_k=scores[role])
+        values["min_k_auc"] = auc(scores["privleak_forget"], scores["privleak_holdout"])
+        if run.reference is not None:
+            reference = run.reference["metrics"].get("min_k_auc")
+            if reference is None:
+                raise InputError(f"{task.reference}: its evaluation has no muse min_k_auc")
+            values["privleak"] = b.privleak(values["min_k_auc"], reference)
     return values
