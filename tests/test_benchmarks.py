@@ -52,7 +52,10 @@ def test_rouge_l_recall_stems_and_privleak():
     # gold: the cat sat on the mat (6 words); "the cats sat" stems to the cat sat: LCS 3 -> recall 0.5
     assert b.rouge_l_recall("the cats sat", "the cat sat on the mat") == pytest.approx(0.5)
     assert b.rouge_l_recall("", "the cat") == 0.0
-    assert b.privleak(0.75, 0.5) == pytest.approx(50.0)
+    # membership AUC 0.75 (forget texts look trained on) against the retain model's 0.5: in MUSE's
+    # orientation 0.25 vs 0.5, -50%; an overshoot to 0.4 is (0.6 - 0.5) / 0.5 = +20%
+    assert b.privleak(0.75, 0.5) == pytest.approx(-50.0)
+    assert b.privleak(0.4, 0.5) == pytest.approx(20.0)
     assert b.privleak(0.5, 0.5) == 0.0
 
 

@@ -12,7 +12,7 @@ their question:
 
 MUSE (Shi et al. 2024): ROUGE-L F1 of continuations and answers (evaluation.metrics.rouge_l), and
 privleak = (AUC - AUC_reference) / AUC_reference x 100 of the Min-K% attack, forget vs holdout
-texts (evaluation.privacy; AUC = chance a forget text scores more member-like than a holdout text).
+texts, with AUC in MUSE's orientation (see privleak).
 """
 from __future__ import annotations
 
@@ -73,6 +73,9 @@ def rouge_l_recall(output: str, gold: str) -> float:
 
 
 def privleak(auc: float, reference_auc: float) -> float:
-    """Relative change of the membership AUC against the retain model's, in percent (0: no leak;
-    > 0 the forget texts still look like training data; < 0 unlearning overshot)."""
-    return (auc - reference_auc) / reference_auc * 100
+    """MUSE's PrivLeak from membership AUCs (chance a forget text looks more like training data than
+    a holdout text): MUSE's AUC is the other way round (1 - ours; its target models score near 0), so
+    (AUC - AUC_ref) / AUC_ref x 100 on 1 - AUC. 0: like the retain model; < 0: the forget texts still
+    look like training data (MUSE's targets: about -100); > 0: unlearning overshot."""
+    muse, reference = 1 - auc, 1 - reference_auc
+    return (muse - reference) / reference * 100
