@@ -136,8 +136,15 @@ def test_apply_overrides_dotted_paths():
     with pytest.raises(ConfigError, match=r"train.lr.x: 'lr' is not a section"):
         apply_overrides(raw, ["train.lr.x=1"])
     two = {"data": {"normal": [{"path": "a"}, {"path": "b"}]}}
-    with pytest.raises(ConfigError, match="'normal' is not a section"):  # ambiguous with two sources
-        apply_overrides(two, ["data.normal.path=c"])
+    with pytest.raises(ConfigError, match=r"'normal' is not a section \(a list of 2: .* normal.0.path\)"):
+        apply_overrides(two, ["data.normal.path=c"])  # ambiguous with two sources
+    apply_overrides(two, ["data.normal.1.path=c"])  # an item by its index
+    assert two["data"]["normal"] == [{"path": "a"}, {"path": "b"}][:1] + [{"path": "c"}]
+    tasks = {"eval": {"tasks": [{"name": "tofu", "reference": "runs/r"}]}}
+    apply_overrides(tasks, ["eval.tasks.0.reference=null"])  # a one-item list by index, too
+    assert tasks["eval"]["tasks"] == [{"name": "tofu", "reference": None}]
+    with pytest.raises(ConfigError, match=r"'3' is not an index of that list \(0-0\)"):
+        apply_overrides(tasks, ["eval.tasks.3.reference=x"])
 
 
 def test_validation_errors_name_file_and_field(tmp_path, qa_files, tiny_llama):

@@ -228,15 +228,25 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         key, value = item.split("=", 1)
         node = raw
         parts = key.strip().split(".")
-        for part in parts[:-1]:
+        for part, after in zip(parts[:-1], parts[1:]):
+            if isinstance(node, list):  # `eval.tasks.0.reference=...`: an item by its index
+                if not (part.isdigit() and int(part) < len(node)):
+                    raise ConfigError(f"--set {key}: {part!r} is not an index of that list (0-{len(node) - 1})")
+                node = node[int(part)]
+                continue
             child = node.get(part)
             if child is None:
                 child = node[part] = {}
-            elif isinstance(child, list) and len(child) == 1:
+            elif isinstance(child, list) and not after.isdigit():
+                if len(child) != 1:
+                    raise ConfigError(f"--set {key}: {part!r} is not a section (a list of {len(child)}: name an "
+                                      f"item by its index, e.g. {part}.0.{after})")
                 child = child[0]  # `data.normal.response=...` addresses a single-source list
-            if not isinstance(child, dict):
+            if not isinstance(child, (dict, list)):
                 raise ConfigError(f"--set {key}: {part!r} is not a section")
             node = child
+        if isinstance(node, list):
+            raise ConfigError(f"--set {key}: {parts[-2]!r} is a list; name an item's key (e.g. {parts[-2]}.0.KEY)")
         node[parts[-1]] = _parse_scalar(value)
     return raw
 
