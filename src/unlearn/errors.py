@@ -11,3 +11,11 @@ class InputError(ValueError):
 
 
 INPUT_ERRORS = (InputError, FileNotFoundError)
+
+
+def hub_error(name: str, exc: Exception, offline: bool, known: str = "") -> str:
+    """The one line for a hub id (a model or a data set) that could not be loaded: not in the local
+    cache while offline, or the first line of why."""
+    if offline:
+        return f"{name}: {known}not in the local Hugging Face cache and HF_HUB_OFFLINE=1 (no download attempted)"
+    return f"{name}: {known}could not load ({str(exc).splitlines()[0]})"

@@ -21,7 +21,8 @@ from pydantic import ValidationError
 
 from unlearn.config import DataConfig, SourceConfig, format_validation_error
 from unlearn.data.encoding import Encoded, PairEncoder
-from unlearn.data.sources import DataError, detect_format, read_fields, read_pairs
+from unlearn.data.sources import (DataError, check_source, detect_format, local_input, read_fields, read_pairs,
+                                  source_name)
 from unlearn.errors import InputError
 from unlearn.io import atomic_dir, atomic_write_json, inside
 from unlearn.models.loading import check_causal_lm, check_weights, resolve_source
@@ -43,8 +44,8 @@ class FinetuneResult:
 
 def parse_data(spec: str | dict | SourceConfig, defaults: dict | None = None) -> SourceConfig:
     """One --data value: a file path, or a YAML mapping with a data source's keys, e.g.
-    '{path: book.txt, skip: 1, limit: 44}'; `defaults` (the command's --prompt, --window-tokens...)
-    fill the keys it does not set."""
+    '{path: book.txt, skip: 1, limit: 44}' or '{dataset: ./saved, split: test}'; `defaults` (the
+    command's --prompt, --window-tokens...) fill the keys it does not set."""
     if isinstance(spec, SourceConfig):
         return spec
     raw = spec
@@ -54,12 +55,13 @@ def parse_data(spec: str | dict | SourceConfig, defaults: dict | None = None) ->
         except yaml.YAMLError as exc:
             raise FinetuneError(f"--data {spec!r}: not a file name or a valid YAML mapping "
                                 f"({getattr(exc, 'problem', exc)})") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("path"), str):
-        raise FinetuneError(f"--data {spec!r}: expected a file name or a mapping with path:")
+    named = raw.get("path", raw.get("dataset")) if isinstance(raw, dict) else None
+    if not isinstance(named, str):
+        raise FinetuneError(f"--data {spec!r}: expected a file name or a mapping with path: or dataset:")
     try:
         return SourceConfig.model_validate({**(defaults or {}), **raw})
     except ValidationError as exc:
-        raise FinetuneError(format_validation_error(exc, f"--data {raw['path']}", SourceConfig)) from None
+        raise FinetuneError(format_validation_error(exc, f"--data {named}", SourceConfig)) from None
 
 
 def check_output_dir(output_dir: Path, inputs: list[Path], overwrite: bool) -> None:
@@ -82,11 +84,11 @@ def encode_rows(source: SourceConfig, tokenizer, template: str, max_length: int)
     rows = [encoder.encode(pair.prompt, pair.response) for pair in read_pairs(source, tokenizer)]
     kept = [row for row in rows if row is not None]
     if not kept:
-        raise DataError(f"{source.path}: every row is longer than --max-length={max_length}")
+        raise DataError(f"{source_name(source)}: every row is longer than --max-length={max_length}")
     truncated = sum(row.truncated for row in kept)
     if truncated or len(kept) < len(rows):
         log.warning("%s: %d rows truncated to --max-length=%d, %d dropped (prompt alone too long)",
-                    source.path, truncated, max_length, len(rows) - len(kept))
+                    source_name(source), truncated, max_length, len(rows) - len(kept))
     return kept
 
 
@@ -108,8 +110,7 @@ def run_finetune(model: str, data: list[str | dict | SourceConfig], output_dir: 
         raise FinetuneError(f"--template: {exc}") from None
     sources = [parse_data(spec, source_defaults) for spec in data]
     for source in sources:
-        if not Path(source.path).expanduser().is_file():
-            raise DataError(f"{source.path}: data file not found (--data)")
+        check_source(source, "--data")
         if detect_format(source) != "text":  # malformed rows and unknown fields fail now, not after loading
             read_fields(source, (source.prompt, source.response))
     kind, where = resolve_source(model)
@@ -117,7 +118,7 @@ def run_finetune(model: str, data: list[str | dict | SourceConfig], output_dir: 
         check_weights(Path(where), allow_pickle)
     if kind != "gguf":
         check_causal_lm(model, where, trust_remote_code)
-    inputs = [Path(s.path).expanduser() for s in sources] + ([Path(where)] if kind != "hub" else [])
+    inputs = [path for s in sources if (path := local_input(s)) is not None] + ([Path(where)] if kind != "hub" else [])
     check_output_dir(output_dir, inputs, overwrite)
 
     from unlearn.models.loading import load_model, load_tokenizer
@@ -134,7 +135,8 @@ def run_finetune(model: str, data: list[str | dict | SourceConfig], output_dir: 
     with atomic_dir(output_dir) as tmp:
         net.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        read = {"path", "prompt", "response", "format", "skip", "limit", "window_tokens", "prompt_tokens"}
+        read = {"path", "dataset", "split", "subset", "prompt", "response", "format", "where", "skip", "limit",
+                "window_tokens", "prompt_tokens"}
         atomic_write_json(tmp / "finetune.json", {
             "model": model, "data": [s.model_dump(include=read) for s in sources], "template": template,
             "max_length": max_length, "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed,

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from unlearn.config import ConfigError, RunConfig, path_fields
-from unlearn.data.sources import DataError, detect_format, read_fields
+from unlearn.data.sources import check_source, detect_format, local_input, read_fields
 from unlearn.io import inside
 from unlearn.layout import OutputDirError, RunFolder
 from unlearn.models.loading import check_causal_lm, check_weights, resolve_source
@@ -24,14 +24,12 @@ def preflight(config: RunConfig, output_dir: Path, *, resume: bool = False, over
     output_dir = Path(output_dir)
     resolve_method(config.method)
     for where, source in _data_files(config.data, "data"):
-        if not Path(source.path).expanduser().is_file():
-            raise DataError(f"{source.path}: data file not found ({where}.path)")
+        check_source(source, f"{where}.path")
         if detect_format(source) != "text":  # malformed lines, unknown fields, nothing left after filtering
             read_fields(source, _fields(config.data, source))
     for section, name in ((config.eval, "eval"), (config.select, "select")):
         for where, source in _data_files(section, name):
-            if not Path(source.path).expanduser().is_file():
-                raise DataError(f"{source.path}: data file not found ({where}.path)")
+            check_source(source, f"{where}.path")
     if config.select is not None and config.eval is None and config.select.eval is None:
         raise ConfigError("select: needs an eval: section (or select.eval) to validate with")
     model_folder = _check_model(config)
@@ -71,7 +69,7 @@ def _check_output_dir(config: RunConfig, output_dir: Path, model_folder: Path | 
     if output_dir.exists() and not output_dir.is_dir():
         raise OutputDirError(f"{output_dir}: exists and is not a folder")
     out = output_dir.resolve()
-    inputs = [Path(s.path).expanduser().resolve() for _, s in _data_files(config.data, "data")]
+    inputs = [path.resolve() for _, s in _data_files(config.data, "data") if (path := local_input(s)) is not None]
     if model_folder is not None:
         model_folder = model_folder.resolve()
         if model_folder.is_dir() and inside(out, model_folder):

@@ -25,11 +25,16 @@ RowFilter = dict[str, str | bool | int | float] | None
 
 
 class SourceConfig(Strict):
-    """One data file. `prompt`/`response` name the fields to read (or, for `format: text`,
-    the file is plain text cut into token windows: the first `prompt_tokens` tokens are the
-    prompt, the rest the response)."""
+    """One data source: a file (`path`) or a Hugging Face data set (`dataset`: a hub id read from the
+    local cache, or a folder written by `save_to_disk`; `split`, and `subset` = the hub data set's
+    config name). `prompt`/`response` name the fields to read (or, for `format: text`, the file is
+    plain text cut into token windows: the first `prompt_tokens` tokens are the prompt, the rest the
+    response)."""
 
-    path: str
+    path: str | None = None
+    dataset: str | None = None
+    split: str | None = None  # default: train, or the data set's only split
+    subset: str | None = None
     prompt: str = "prompt"
     response: str = "response"
     format: Literal["auto", "jsonl", "json", "csv", "parquet", "text"] = "auto"
@@ -46,7 +51,14 @@ class SourceConfig(Strict):
     where: RowFilter = None
 
     @model_validator(mode="after")
-    def _window(self):
+    def _source(self):
+        if (self.path is None) == (self.dataset is None):
+            raise ValueError("give path: (a data file) or dataset: (a Hugging Face data set: hub id or "
+                             "save_to_disk folder)" + (", not both" if self.path else ""))
+        if self.path is not None and (self.split is not None or self.subset is not None):
+            raise ValueError("split: and subset: choose the rows of a dataset:; a path: file has neither")
+        if self.dataset is not None and self.format != "auto":
+            raise ValueError("format: is for path: files; a dataset: is read by the datasets library")
         if self.prompt_tokens >= self.window_tokens:
             raise ValueError("prompt_tokens must be smaller than window_tokens")
         return self
@@ -81,10 +93,11 @@ def format_validation_error(error: ValidationError, source: str, model: type[Bas
 
 
 def path_fields(node, where: str):
-    """(config path, section) for every section under `node` that names a file or folder in `path`:
-    data sources, the judge's model folder. The one walk that resolves and checks paths."""
+    """(config path, section) for every section under `node` that names a file or folder in `path`
+    (data sources, the judge's model folder) or a data set in `dataset`. The one walk that resolves
+    and checks paths."""
     if isinstance(node, BaseModel):
-        if "path" in type(node).model_fields and isinstance(node.path, str):
+        if any(isinstance(getattr(node, key, None), str) for key in ("path", "dataset")):
             yield where.lstrip("."), node
         for name in type(node).model_fields:
             yield from path_fields(getattr(node, name), f"{where}.{name}")

@@ -92,6 +92,10 @@ class DataConfig(Strict):
                              "(the forget answers are the file's, or the model's own with source: self)")
         if self.forget.source == "self":
             self.onpolicy = self.onpolicy or OnPolicyConfig()
+            if self.onpolicy.judge == "hallucination" and self.forget.dataset is not None:
+                raise ValueError("onpolicy.judge: hallucination reads its questions from a file (forget.path:), "
+                                 "as the hallucination eval task does; a dataset: works with the harmful and leak "
+                                 "judges")
         elif self.onpolicy is not None:
             raise ValueError("onpolicy: is used only with data.forget.source: self")
         return self
@@ -284,12 +288,15 @@ def _deep_copy(raw):
 
 
 def resolve_paths(config: RunConfig, base: Path) -> None:
-    """Data paths (and a local model.name) in a config file are relative to the file, so configs travel
-    with their data (a path that exists from the working directory is taken from there). Found paths
-    become absolute, so the run's saved config.yaml works from anywhere. An alias or hub id that names
-    no file is left as it is."""
+    """Data paths, local `dataset:` folders (and a local model.name) in a config file are relative to
+    the file, so configs travel with their data (a path that exists from the working directory is
+    taken from there). Found paths become absolute, so the run's saved config.yaml works from
+    anywhere. An alias or hub id that names no file or folder is left as it is."""
     for _, node in path_fields(config, ""):
-        node.path = _found(node.path, base) or node.path
+        for key in ("path", "dataset"):
+            value = getattr(node, key, None)
+            if isinstance(value, str):
+                setattr(node, key, _found(value, base) or value)
     config.model.name = _found(config.model.name, base) or config.model.name
 
 

@@ -18,7 +18,7 @@ import torch
 
 from unlearn.config import DataConfig, SourceConfig
 from unlearn.data.encoding import Encoded, PairEncoder, TruncationCount, pad_rows
-from unlearn.data.sources import DataError, Pair, detect_format, read_pairs
+from unlearn.data.sources import DataError, Pair, detect_format, read_pairs, source_name
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,9 @@ def encode_source(source: SourceConfig, tokenizer, data: DataConfig,
         encoded.append(row)
     if count.truncated or count.dropped:
         log.warning("%s: %d rows truncated to max_length=%d, %d dropped (prompt alone too long)",
-                    source.path, count.truncated, data.max_length, count.dropped)
+                    source_name(source), count.truncated, data.max_length, count.dropped)
     if not encoded:
-        raise DataError(f"{source.path}: every row is longer than data.max_length={data.max_length}")
+        raise DataError(f"{source_name(source)}: every row is longer than data.max_length={data.max_length}")
     return kept_pairs, encoded
 
 

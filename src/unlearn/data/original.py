@@ -18,7 +18,7 @@ from pathlib import Path
 
 from unlearn.config import DataConfig, SourceConfig
 from unlearn.data.batches import encoder_for
-from unlearn.data.sources import DataError, detect_format, read_fields, read_pairs
+from unlearn.data.sources import DataError, detect_format, read_fields, read_pairs, source_name
 from unlearn.io import atomic_write_jsonl, read_jsonl
 from unlearn.layout import RunFolder
 
@@ -77,15 +77,15 @@ def _answer(source: SourceConfig, where: str, path: Path, data: DataConfig, mode
         prompts = [fields[0] for fields in read_fields(source, (source.prompt,))]
     prompts = list(dict.fromkeys(prompts))
     if not prompts:
-        raise DataError(f"{source.path}: no prompts to answer (data.{where})")
+        raise DataError(f"{source_name(source)}: no prompts to answer (data.{where})")
     answers = generate(model, tokenizer, [encoder.prompt_ids(p) for p in prompts], source.answer_tokens, batch_size,
                        stop_ids=answer_stop_ids(tokenizer, encoder), description=f"original answers ({where})")
     rows = [{"prompt": p, "response": a} for p, a in zip(prompts, answers) if a.strip()]
     if len(rows) < len(prompts):
         log.warning("%s: the original model answered %d of %d prompts with nothing; those are left out",
-                    source.path, len(prompts) - len(rows), len(prompts))
+                    source_name(source), len(prompts) - len(rows), len(prompts))
     if not rows:
-        raise DataError(f"{source.path}: the original model answered every prompt with nothing (data.{where})")
+        raise DataError(f"{source_name(source)}: the original model answered every prompt with nothing (data.{where})")
     atomic_write_jsonl(path, rows)
     if cached is not None:
         try:

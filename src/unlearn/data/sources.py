@@ -1,9 +1,12 @@
-"""Read (prompt, response) pairs from local JSONL, JSON, CSV, Parquet or plain-text files.
+"""Read (prompt, response) pairs from local JSONL, JSON, CSV, Parquet or plain-text files, or from a
+Hugging Face data set.
 
 Files are read with the standard library (Parquet with pyarrow), so values arrive exactly as
 written (no '007' -> 7.0, no 'NA' -> missing), nothing is written to a cache, and errors name
 file:line. Plain text is cut into token windows (copyright task): the first `prompt_tokens`
-tokens of each window are the prompt, the rest the response.
+tokens of each window are the prompt, the rest the response. A `dataset:` source is read with the
+`datasets` library (a folder written by `save_to_disk`, or a hub id from the local cache); its rows
+are dicts like a JSON file's, so field mapping, `where:`, `skip` and `limit` work the same.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unlearn.config import SourceConfig
-from unlearn.errors import InputError
+from unlearn.errors import InputError, hub_error
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +37,36 @@ FORMATS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parqu
            ".md": "text"}
 
 
+def is_dataset(source) -> bool:
+    return getattr(source, "dataset", None) is not None  # an eval AnswerSource names files only
+
+
+def source_name(source) -> str:
+    """What messages call a source: its file, or its data set (subset, split)."""
+    if not is_dataset(source):
+        return source.path
+    subset, split = f" ({source.subset})" if source.subset else "", f"[{source.split}]" if source.split else ""
+    return source.dataset + subset + split
+
+
+def local_input(source) -> Path | None:
+    """The local file or folder a source reads (None for a hub data set): never written to."""
+    path = Path(source.dataset if is_dataset(source) else source.path).expanduser()
+    return path if not is_dataset(source) or path.is_dir() else None
+
+
+def check_source(source, where: str) -> None:
+    """Fail now, naming the config key `where`, when a file is missing or a data set does not open."""
+    if is_dataset(source):
+        open_dataset(source)
+    elif not Path(source.path).expanduser().is_file():
+        raise DataError(f"{source.path}: data file not found ({where})")
+
+
 def detect_format(source: SourceConfig) -> str:
+    """jsonl | json | csv | parquet | text for a file; dataset for a Hugging Face data set."""
+    if is_dataset(source):
+        return "dataset"
     if source.format != "auto":
         return source.format
     suffix = Path(source.path).suffix.lower()
@@ -121,6 +153,55 @@ def _parquet_rows(path: Path) -> list[tuple[str, dict]]:
 READERS = {"jsonl": _jsonl_rows, "json": _json_rows, "csv": _csv_rows, "parquet": _parquet_rows}
 
 
+def open_dataset(source):
+    """The split a `dataset:` source names, as a `datasets.Dataset` (memory-mapped, not yet read):
+    from a folder written by `save_to_disk`, or a hub id from the local cache (with HF_HUB_OFFLINE=1
+    nothing is downloaded, and a data set that is not cached fails with one line)."""
+    import datasets
+
+    name = source.dataset
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        if source.subset is not None:
+            raise DataError(f"{name}: subset: names a configuration of a hub data set; a save_to_disk folder has none")
+        try:
+            loaded = datasets.load_from_disk(str(folder))
+        except FileNotFoundError:
+            raise DataError(f"{folder}: not a folder written by save_to_disk (no dataset_dict.json or "
+                            "state.json); for data files use path:") from None
+    elif name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise DataError(f"{name}: data set folder not found")
+    else:
+        try:
+            loaded = datasets.load_dataset(name, source.subset)
+        except (OSError, ValueError) as exc:  # not cached offline (ConnectionError), unknown id or subset
+            offline = datasets.config.HF_HUB_OFFLINE and isinstance(exc, OSError)
+            raise DataError(hub_error(name, exc, offline)) from None
+    if isinstance(loaded, datasets.DatasetDict):
+        splits = list(loaded)
+        split = source.split or ("train" if "train" in splits or len(splits) != 1 else splits[0])
+        if split not in loaded:
+            raise DataError(f"{name}: no split {split!r}; splits are: {', '.join(splits)}")
+        return loaded[split]
+    if source.split is not None and source.split != loaded.split:
+        raise DataError(f"{name}: holds one split ({loaded.split or 'saved without a name'}), not "
+                        f"{source.split!r}; leave out split:")
+    return loaded
+
+
+def _rows(source) -> tuple[str, list[tuple[str, dict]], list[str]]:
+    """(what messages call the source, its rows with where each one is, its field names)."""
+    if is_dataset(source):
+        name, dataset = source_name(source), open_dataset(source)
+        rows = [(f"{name} row {index + 1}", row) for index, row in enumerate(dataset.to_list())]
+        return name, rows, dataset.column_names
+    path = Path(source.path).expanduser()
+    if not path.is_file():
+        raise DataError(f"{path}: data file not found")
+    rows = READERS[detect_format(source)](path)
+    return str(path), rows, list(dict.fromkeys(key for _, row in rows for key in row))
+
+
 def _field(row: dict, name: str, where: str) -> str:
     if name not in row:
         raise DataError(f"{where}: no field {name!r} in this row (it has: {', '.join(map(str, row))})")
@@ -147,14 +228,10 @@ def _texts(row: dict, name: str, where: str) -> tuple[str, ...]:
 
 
 def read_fields(source, names: tuple[str, ...], lists: tuple[str, ...] = ()) -> list[tuple]:
-    """The named fields of every row of a structured file (jsonl, json, csv, parquet), as text (the
+    """The named fields of every row of a structured file (jsonl, json, csv, parquet) or data set, as text (the
     fields in `lists` as a tuple of texts, e.g. TOFU's perturbed answers). Rows with an empty field
     are skipped (with a warning); then `skip` and `limit` apply."""
-    path = Path(source.path).expanduser()
-    if not path.is_file():
-        raise DataError(f"{path}: data file not found")
-    rows = READERS[detect_format(source)](path)
-    columns = list(dict.fromkeys(key for _, row in rows for key in row))
+    path, rows, columns = _rows(source)
     for name in names:
         if rows and name not in columns:
             raise DataError(f"{path}: unknown field {name!r}; fields are: {', '.join(map(str, columns))}")
@@ -175,7 +252,7 @@ def read_fields(source, names: tuple[str, ...], lists: tuple[str, ...] = ()) -> 
     return records
 
 
-def _filtered(rows: list[tuple[str, dict]], where: dict, path: Path, columns: list) -> list[tuple[str, dict]]:
+def _filtered(rows: list[tuple[str, dict]], where: dict, path: str, columns: list) -> list[tuple[str, dict]]:
     """The rows whose fields equal `where`'s values (text compares without case: a CSV cell is text)."""
     for name in where:
         if rows and name not in columns:

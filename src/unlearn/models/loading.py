@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from unlearn.errors import InputError
+from unlearn.errors import InputError, hub_error
 from unlearn.io import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -112,9 +112,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
 
 def _hub_message(name: str, exc: Exception) -> str:
     known = "" if "/" in name else f"not a known alias ({', '.join(sorted(ALIASES))}) or local path, and "
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        return f"{name}: {known}not in the local Hugging Face cache and HF_HUB_OFFLINE=1 (no download attempted)"
-    return f"{name}: {known}could not load ({str(exc).splitlines()[0]})"
+    return hub_error(name, exc, os.environ.get("HF_HUB_OFFLINE") == "1", known)
 
 
 def check_weights(folder: Path, allow_pickle: bool) -> None:

@@ -117,7 +117,7 @@ def read_forget_prompts(config: RunConfig, tokenizer) -> PromptSet:
             raise ConfigError("data.onpolicy.judge: hallucination needs question/answer rows, not plain text")
         source = AnswerSource(path=source.path, prompt=source.prompt, right=settings.reference,
                               hallucinated=source.response, format=source.format, limit=source.limit,
-                              skip=source.skip)
+                              skip=source.skip, where=source.where)
     elif settings.reference:
         source = source.model_copy(update={"response": settings.reference})
     return read_prompt_set(source, tokenizer, data, reads_responses=settings.judge != "harmful", where="data.forget")
