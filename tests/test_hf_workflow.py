@@ -1,5 +1,5 @@
 """The Hugging Face workflow: `datasets` data sets in (a `save_to_disk` folder, a hub id from the local
-cache)."""
+cache), a model card beside the saved model."""
 from __future__ import annotations
 
 import glob
@@ -17,7 +17,6 @@ from conftest import FORGET_ROWS, NORMAL_ROWS, write_jsonl
 from unlearn.cli import app
 from unlearn.config import ConfigError, SourceConfig, load_config
 from unlearn.data.sources import DataError, read_fields, read_pairs
-from unlearn.io import read_jsonl
 
 # a forget set as PKU-SafeRLHF publishes one: a prompt, a response, a safety label; the test split is held out
 LABELLED = [{"question": r["question"], "answer": r["answer"], "is_safe": i == 3} for i, r in enumerate(FORGET_ROWS)]
@@ -93,7 +92,9 @@ def test_a_save_to_disk_forget_set_is_read_beside_its_config(project, finished):
     saved = load_config(finished / "config.yaml")
     assert saved.data.forget.dataset == str((project / "forget_set").resolve())  # absolute: the run travels
     assert saved.eval.tasks[0].retain.dataset == str((project / "forget_set").resolve())
-    assert json.loads((finished / "summary.json").read_text())["steps"] == 3
+    summary = json.loads((finished / "summary.json").read_text())
+    assert summary["data"] == {"forget": [3], "normal": [4], "mismatch_pool": 4}  # where: is_safe = false keeps 3
+    assert summary["steps"] == 3
     metrics = json.loads((finished / "metrics.json").read_text())
     assert "recall@retain" in metrics["after"]  # the eval set read from the data set's test split
 
@@ -208,3 +209,30 @@ def test_finetune_reads_a_data_set(tiny_llama, tmp_path):
                           tmp_path / "leaky", epochs=1, lr=1e-3)
     assert result.rows == 4
     assert json.loads((tmp_path / "leaky" / "finetune.json").read_text())["data"][0]["dataset"] == str(saved)
+
+
+# --- model cards out ----------------------------------------------------------------------------
+
+def test_the_model_card_loads_with_modelcard_and_names_the_base_model(tiny_llama, finished):
+    from huggingface_hub import ModelCard
+
+    for folder, library in (("model", "transformers"), ("adapter", "peft")):
+        card = ModelCard.load(finished / folder / "README.md")
+        assert card.data.base_model == str(tiny_llama)
+        assert card.data.library_name == library and card.data.pipeline_tag == "text-generation"
+        assert card.data.tags == ["unlearning", "paper"]
+        assert "forget_ga 0.5, mismatch 1, kl_to_original 1" in card.text  # the method and its weights
+        assert "forget_set[train] (3 rows)" in card.text and "normal.csv (4 rows)" in card.text  # data sizes
+        assert "| max steps | 3 |" in card.text and "**Wall time:**" in card.text  # budget and time
+        assert "| leak_rate@forget |" in card.text and "| metric |  | before | after | change |" in card.text
+    assert "AutoPeftModelForCausalLM" in ModelCard.load(finished / "adapter" / "README.md").text
+
+
+def test_an_alias_card_names_the_hub_model_it_converts():
+    from unlearn.config import load_config
+    from unlearn.report.card import model_card
+    from unlearn.report.content import Report
+
+    config = load_config(raw={"data": {"forget": {"path": "f.jsonl"}, "normal": {"path": "n.jsonl"}}})
+    card = model_card(config, Report(Path("out"), "paper"), "model", Path("out/model"))
+    assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"

@@ -69,6 +69,9 @@ def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: li
                       mismatch_k=method.knobs.mismatch_k if "mismatch" in method.groups else 0,
                       mismatch_answers=method.mismatch_answers,
                       guard_answers=method.mismatch_answers if "guard" in method.groups else None)
+    # rows each source gives training (on-policy negatives are counted by their rounds instead)
+    sizes = {"forget": [len(data.forget) if config.data.forget.source == "dataset" else None],
+             "normal": [len(rows) for rows in data.normal], "mismatch_pool": len(data.pool_answers)}
     if state.is_main_process:
         atomic_write_text(folder.config, dump_config(config))
     wall["load"] = time.perf_counter() - started
@@ -132,7 +135,7 @@ def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: li
         "restored_step": result.restored_step, "processes": state.num_processes,
         "train_seconds": round(result.seconds, 2),
         "wall_seconds": {k: round(v, 2) for k, v in wall.items()},
-        "total_seconds": round(time.perf_counter() - started, 2), "outputs": paths,
+        "total_seconds": round(time.perf_counter() - started, 2), "outputs": paths, "data": sizes,
         "final": result.log[-1] if result.log else None,
     }
     if config.train.project_conflicts and result.log:
@@ -143,6 +146,9 @@ def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: li
     for hook in hooks:
         summary.update(hook.summary())
     atomic_write_json(folder.summary, summary)
+    from unlearn.report.card import write_model_cards  # the report's pieces: matplotlib loads only here
+
+    write_model_cards(config, output_dir)
     if evaluator is not None:
         from unlearn.report.build import build_report
 

@@ -38,6 +38,7 @@ def _smollm2_gguf() -> Path:
 
 
 ALIASES = {"smollm2-135m-instruct": _smollm2_gguf}
+ALIAS_HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}  # the model each alias converts
 
 
 def cache_dir() -> Path:

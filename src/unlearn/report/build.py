@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from itertools import zip_longest
 from pathlib import Path
 
 import yaml
@@ -42,7 +43,8 @@ def build_report(output_dir: str | Path) -> list[Path]:
     return [html_path, md_path, *(folder.plots / f"{p.name}.png" for p in report.plots)]
 
 
-def load_report(output_dir: Path) -> Report:
+def load_report(output_dir: Path, draw: bool = True) -> Report:
+    """What a run folder holds, read and paired; `draw` False leaves out the plots (a model card has none)."""
     folder = RunFolder(output_dir)
     if not folder.root.is_dir():
         raise FileNotFoundError(f"{output_dir}: not a folder")
@@ -81,11 +83,12 @@ def load_report(output_dir: Path) -> Report:
     report.onpolicy = [_round_cells(r) for r in onpolicy_rows]
     report.validation_columns, report.validation = _validation_table(validation_rows, _get(config, "select"), selected)
     report.examples, report.example_stages = _examples(generations)
-    report.plots = [p for p in (plots.metric_bars(report.metrics, report.metric_stages),
-                                plots.training_curves(train_rows, marks),
-                                plots.loss_terms(train_rows, marks),
-                                plots.validation_trajectory(validation_rows, selected, validation_directions))
-                    if p is not None]
+    if draw:
+        report.plots = [p for p in (plots.metric_bars(report.metrics, report.metric_stages),
+                                    plots.training_curves(train_rows, marks),
+                                    plots.loss_terms(train_rows, marks),
+                                    plots.validation_trajectory(validation_rows, selected, validation_directions))
+                        if p is not None]
     return report
 
 
@@ -140,15 +143,27 @@ def _settings(config: dict, summary: dict) -> list[tuple[str, str]]:
         if train.get(key) is not None and train[key] != UNREMARKABLE.get(key):
             out.append((label, f"{train[key]:g}" if isinstance(train[key], float) else str(train[key])))
     data = _get(config, "data") or {}
+    sizes = summary.get("data") if isinstance(summary.get("data"), dict) else {}
     for key in ("forget", "normal"):
         sources = data.get(key)
         sources = sources if isinstance(sources, list) else [sources] if sources else []
-        paths = [Path(s["path"]).name for s in sources if isinstance(s, dict) and s.get("path")]
-        if paths:
-            out.append((f"{key} data", ", ".join(paths)))
+        rows = sizes.get(key) if isinstance(sizes.get(key), list) else []  # rows trained on, per source
+        names = [_source_label(s) + (f" ({count} rows)" if isinstance(count, int) else "")
+                 for s, count in zip_longest(sources, rows) if isinstance(s, dict)]
+        if names:
+            out.append((f"{key} data", ", ".join(names)))
     if _get(config, "output", "save"):
         out.append(("saved as", str(_get(config, "output", "save"))))
     return out
+
+
+def _source_label(source: dict) -> str:
+    """A data source as the report names it: the file's name, or the data set (a local folder by its name)."""
+    if source.get("path"):
+        return Path(str(source["path"])).name
+    name = str(source.get("dataset"))
+    name = Path(name).name if Path(name).is_absolute() else name
+    return name + (f"[{source['split']}]" if source.get("split") else "")
 
 
 def _validation_table(rows: list[dict], select: dict | None, selected: int | None,

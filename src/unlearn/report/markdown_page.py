@@ -14,21 +14,10 @@ MARK = {"better": " ✓", "worse": " ✗", "same": ""}
 
 def render_markdown(report: Report, plots_dir: str) -> str:
     out = ["# Unlearning report", "", f"{cell(report.title)} · `{report.folder.resolve()}`", ""]
-    if report.facts:
-        out += [f"- **{label}:** {cell(value)}" + (f" ({cell(note)})" if note else "")
-                for label, value, note in report.facts] + [""]
-    out += [f"> **Warning:** {cell(w)}" for w in report.warnings] + ([""] if report.warnings else [])
-
+    out += facts(report)
     if report.metrics:
-        stages = report.metric_stages
-        paired = stages == ["before", "after"]
-        out += ["## Before and after unlearning" if paired else "## Metrics", ""]
-        rows = [[cell(row.name), arrow(row.direction), *(fmt(row.values[s]) for s in stages),
-                 *([fmt(row.delta, signed=True) + MARK[row.verdict]] if paired else [])] for row in report.metrics]
-        out += table(["metric", "", *stages, *(["change"] if paired else [])], rows, numeric_from=2)
-        if paired:
-            out += ["", "↑ higher is better, ↓ lower is better, →x: x is ideal; ✓ the change helps, ✗ it hurts."]
-        out += [""] + image(report, "metrics", plots_dir)
+        out += ["## Before and after unlearning" if report.metric_stages == ["before", "after"] else "## Metrics", ""]
+        out += metrics(report) + [""] + image(report, "metrics", plots_dir)
 
     training = image(report, "training", plots_dir) + image(report, "loss_terms", plots_dir)
     if training or report.timing:
@@ -59,11 +48,33 @@ def render_markdown(report: Report, plots_dir: str) -> str:
     if report.settings or report.config_text:
         out += ["## Configuration", ""]
         if report.settings:
-            out += table(["setting", "value"], [[cell(k), cell(v)] for k, v in report.settings]) + [""]
+            out += settings(report) + [""]
         if report.config_text:
             out += ["<details><summary>Full resolved config (config.yaml)</summary>", "", "```yaml",
                     report.config_text.rstrip().replace("```", "ʼʼʼ"), "```", "", "</details>", ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def facts(report: Report) -> list[str]:
+    """The header's facts as a list, then the warnings."""
+    out = [f"- **{label}:** {cell(value)}" + (f" ({cell(note)})" if note else "")
+           for label, value, note in report.facts] + ([""] if report.facts else [])
+    return out + [f"> **Warning:** {cell(w)}" for w in report.warnings] + ([""] if report.warnings else [])
+
+
+def metrics(report: Report) -> list[str]:
+    """The metrics table: one row per metric, before / after / change when both stages were evaluated."""
+    stages = report.metric_stages
+    paired = stages == ["before", "after"]
+    rows = [[cell(row.name), arrow(row.direction), *(fmt(row.values[s]) for s in stages),
+             *([fmt(row.delta, signed=True) + MARK[row.verdict]] if paired else [])] for row in report.metrics]
+    out = table(["metric", "", *stages, *(["change"] if paired else [])], rows, numeric_from=2)
+    return out + (["", "↑ higher is better, ↓ lower is better, →x: x is ideal; ✓ the change helps, ✗ it hurts."]
+                  if paired else [])
+
+
+def settings(report: Report) -> list[str]:
+    return table(["setting", "value"], [[cell(k), cell(v)] for k, v in report.settings])
 
 
 def cell(text: str) -> str:
