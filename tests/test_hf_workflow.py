@@ -1,5 +1,5 @@
 """The Hugging Face workflow: `datasets` data sets in (a `save_to_disk` folder, a hub id from the local
-cache), a model card beside the saved model."""
+cache), a model card beside the saved model, experiment tracking (TensorBoard, W&B offline) out."""
 from __future__ import annotations
 
 import glob
@@ -7,8 +7,11 @@ import json
 import os
 import shutil
 import socket
+import sys
+import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -17,6 +20,7 @@ from conftest import FORGET_ROWS, NORMAL_ROWS, write_jsonl
 from unlearn.cli import app
 from unlearn.config import ConfigError, SourceConfig, load_config
 from unlearn.data.sources import DataError, read_fields, read_pairs
+from unlearn.io import read_jsonl
 
 # a forget set as PKU-SafeRLHF publishes one: a prompt, a response, a safety label; the test split is held out
 LABELLED = [{"question": r["question"], "answer": r["answer"], "is_safe": i == 3} for i, r in enumerate(FORGET_ROWS)]
@@ -64,7 +68,7 @@ def project(tiny_llama, tmp_path_factory) -> Path:
                     "normal": {"path": "normal.csv", "prompt": "Question", "response": "Best Answer"},
                     "max_length": 64},
            "method": {"name": "paper", "mismatch_k": 2},
-           "train": {"lr": 1e-3, "batch_size": 2, "max_steps": 3, "seed": 1},
+           "train": {"lr": 1e-3, "batch_size": 2, "max_steps": 3, "seed": 1, "report_to": ["tensorboard"]},
            "output": {"save": "both"},
            "eval": {"generation": {"max_new_tokens": 4, "batch_size": 4}, "tasks": [contains]},
            "select": {"every": 2, "score": "-leak_rate@forget", "constraint": "True"}}
@@ -236,3 +240,77 @@ def test_an_alias_card_names_the_hub_model_it_converts():
     config = load_config(raw={"data": {"forget": {"path": "f.jsonl"}, "normal": {"path": "n.jsonl"}}})
     card = model_card(config, Report(Path("out"), "paper"), "model", Path("out/model"))
     assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+# --- experiment tracking out --------------------------------------------------------------------
+
+def test_tensorboard_scalars_equal_the_train_log(finished):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(finished / "logs" / "unlearn"))
+    events.Reload()
+    logged = {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
+    rows = read_jsonl(finished / "train_log.jsonl")
+    expected = {}
+    for row in rows:
+        group = "validation" if row.get("validation") else "train"
+        for key, value in row.items():
+            if key not in ("step", "validation") and isinstance(value, (int, float)):
+                expected.setdefault(f"{group}/{key}", {})[row["step"]] = value
+    assert {"train/loss_forget_ga", "train/loss_mismatch", "train/loss_kl_to_original", "train/kl", "train/lr",
+            "validation/leak_rate@forget", "validation/score"} <= set(expected)
+    assert set(logged) == set(expected)
+    for tag, values in expected.items():  # event files hold float32: each value is the log's, rounded so
+        assert logged[tag] == {step: float(np.float32(v)) for step, v in values.items()}, tag
+    assert sorted(logged["validation/leak_rate@forget"]) == [0, 2] and sorted(logged["train/loss"]) == [1, 2, 3]
+
+
+def test_wandb_logs_offline_into_the_logs_folder(tiny_llama, qa_files, tmp_path, monkeypatch):
+    """W&B (not installed here) through a stand-in with wandb's interface: the run is offline, under
+    OUTPUT_DIR/logs, and gets exactly the train log's values."""
+    from accelerate.tracking import _available_trackers
+    from accelerate.utils import LoggerType
+
+    from conftest import base_config
+
+    calls = {"log": []}
+
+    class Run:
+        def log(self, values, step=None):
+            calls["log"].append((step, values))
+
+        def finish(self):
+            calls["finished"] = True
+
+    def init(**kwargs):
+        calls["init"] = kwargs
+        return Run()
+
+    fake = types.SimpleNamespace(init=init, config=types.SimpleNamespace(update=lambda values, **_: calls.update(
+        config=values)))
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.setattr("accelerate.tracking._available_trackers", [*_available_trackers, LoggerType.WANDB])
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    raw = base_config(tiny_llama, qa_files, report_to="wandb")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
+    result = cli("run", tmp_path / "config.yaml", "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert calls["init"] == {"project": "unlearn", "mode": "offline", "dir": str(tmp_path / "out" / "logs"),
+                             "name": "out"}
+    assert calls["config"]["method"] == "paper" and calls["config"]["train.lr"] == 1e-3 and calls["finished"]
+    rows = read_jsonl(tmp_path / "out" / "train_log.jsonl")
+    assert calls["log"] == [(row["step"], {f"train/{k}": v for k, v in row.items() if k != "step"}) for row in rows]
+
+
+def test_a_tracker_whose_package_is_missing_fails_before_training(qa_files, tiny_llama, tmp_path, monkeypatch):
+    from conftest import base_config
+
+    monkeypatch.setattr("accelerate.tracking._available_trackers", [])  # as on a machine without wandb
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(base_config(tiny_llama, qa_files, report_to=["wandb"])))
+    message = one_line_error(cli("run", tmp_path / "config.yaml", "-o", tmp_path / "out"))
+    assert message == "train.report_to: wandb needs the wandb package, which is not installed (pip install wandb)"
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ConfigError, match="report_to: none means no tracker"):
+        load_config(raw=base_config(tiny_llama, qa_files, report_to=["none", "tensorboard"]))
+    with pytest.raises(ConfigError, match=r"train.report_to.0: Input should be 'none', 'tensorboard' or 'wandb'"):
+        load_config(raw=base_config(tiny_llama, qa_files, report_to="mlflow"))

@@ -17,10 +17,12 @@ from unlearn.cli import app
 from unlearn.config import ConfigError, load_config
 from unlearn.data.batches import build_data
 from unlearn.io import read_jsonl
+from unlearn.layout import RunFolder
 from unlearn.models.loading import load_model
 from unlearn.run import run
 from unlearn.training import onpolicy
 from unlearn.training.onpolicy import OnPolicyNegatives, read_forget_prompts, sample_answers
+from unlearn.training.tracking import TrainLog
 
 FAST = {"samples": 2, "max_new_tokens": 6, "batch_size": 8, "temperature": 1.0}
 
@@ -55,6 +57,11 @@ def parity_checks(monkeypatch):
 @pytest.fixture()
 def loaded(tiny_llama):
     return load_model(str(tiny_llama), "float32")
+
+
+def start(hook, model):
+    """The loop's call before the first step: the hook's rows go to the run's train log."""
+    return hook.before_training(model, TrainLog(RunFolder(hook.output_dir).train_log))
 
 
 def hook_for(raw, loaded, out, judge=parity_judge):
@@ -111,7 +118,7 @@ def test_sampling_uses_the_lora_adapters(tiny_llama, qa_files, loaded):
 def test_the_forget_rows_are_exactly_the_flagged_answers(tiny_llama, qa_files, loaded, tmp_path):
     hook, data = hook_for(onpolicy_config(tiny_llama, qa_files), loaded, tmp_path / "out")
     assert data.forget == []  # without mix_dataset the file's own responses are not trained on
-    assert hook.before_training(loaded[0]) is None
+    assert start(hook, loaded[0]) is None
     samples = read_jsonl(tmp_path / "out" / "negatives.jsonl")
     assert len(samples) == 8 and {s["round"] for s in samples} == {0}
     scores, flags = parity_judge(None, None, [s["response"] for s in samples])
@@ -130,7 +137,7 @@ def test_mix_dataset_keeps_the_files_responses(tiny_llama, qa_files, loaded, tmp
     hook, data = hook_for(onpolicy_config(tiny_llama, qa_files, {"mix_dataset": True}), loaded, tmp_path / "out")
     own = list(data.forget)
     assert len(own) == len(FORGET_ROWS)
-    hook.before_training(loaded[0])
+    start(hook, loaded[0])
     flagged = [s for s in read_jsonl(tmp_path / "out" / "negatives.jsonl") if s["flagged"]]
     assert data.forget[:len(own)] == own and len(data.forget) == len(own) + len(flagged)
 
@@ -144,7 +151,7 @@ def test_real_leak_check_flags_answers_that_contain_the_protected_value(tiny_lla
     canned = ["She lives in oslo, Norway.", "I would rather not say.", "Call 555 0101 any time.", "It is 555 0199.", ""]
     monkeypatch.setattr(onpolicy, "sample_answers", lambda *args, **kwargs: ([0, 0, 1, 1, 1], canned))
     hook, data = hook_for(raw, loaded, tmp_path / "out", judge=None)  # the registered leak check
-    hook.before_training(loaded[0])
+    start(hook, loaded[0])
     samples = read_jsonl(tmp_path / "out" / "negatives.jsonl")
     assert [s["flagged"] for s in samples] == [True, False, True, False, False]
     assert [s["score"] for s in samples] == [1.0, 0.0, 1.0, 0.0, 0.0]
@@ -181,7 +188,7 @@ def test_rounds_refresh_the_set_on_schedule(tiny_llama, qa_files, loaded, tmp_pa
     raw = onpolicy_config(tiny_llama, qa_files, {"every": 2}, max_steps=6)
     hook, data = hook_for(raw, loaded, tmp_path / "out")
     model = loaded[0]
-    hook.before_training(model)
+    start(hook, model)
     first = list(data.forget)
     assert hook.after_step(1, model, {}) is None and hook.round == 0  # not a round step
     assert hook.after_step(2, model, {}) is None and hook.round == 1
@@ -234,12 +241,12 @@ def test_a_resumed_run_keeps_the_negatives_and_the_round(tiny_llama, qa_files, t
         if row.get("step") == 5:
             raise RuntimeError("simulated crash")
         append_jsonl(path, row)
-    monkeypatch.setattr("unlearn.training.loop.append_jsonl", crash_at_step_5)
+    monkeypatch.setattr("unlearn.training.tracking.append_jsonl", crash_at_step_5)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(config, tmp_path / "crashed")
     crashed = read_jsonl(tmp_path / "crashed" / "negatives.jsonl")
     assert max(s["round"] for s in crashed) == 2  # the round at step 4 ran after the step-3 checkpoint
-    monkeypatch.setattr("unlearn.training.loop.append_jsonl", append_jsonl)
+    monkeypatch.setattr("unlearn.training.tracking.append_jsonl", append_jsonl)
     calls_before_resume = len(parity_checks)
     run(config, tmp_path / "crashed", resume=True)
     # resumed at step 3 with round 1's set (no re-sampling at start), then rounds at steps 4 and 6

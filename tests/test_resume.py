@@ -179,7 +179,7 @@ def test_lora_run_resumes_after_a_crash(tiny_llama, qa_files, tmp_path, monkeypa
             raise RuntimeError("simulated crash")
         append_jsonl(path, row)
 
-    monkeypatch.setattr("unlearn.training.loop.append_jsonl", crash_at_step_4)
+    monkeypatch.setattr("unlearn.training.tracking.append_jsonl", crash_at_step_4)
     crashed = run(tmp_path / "crashed")
     assert crashed.exit_code == 1 and "run failed: RuntimeError: simulated crash" in crashed.stderr
     assert logged_steps(tmp_path / "crashed") == [1, 2, 3]

@@ -7,7 +7,9 @@ import pytest
 
 from conftest import base_config
 from unlearn.config import load_config
+from unlearn.layout import RunFolder
 from unlearn.training.select import Rule, Selector
+from unlearn.training.tracking import TrainLog
 
 
 def test_rule_reads_metric_names_with_roles_and_baseline():
@@ -59,7 +61,7 @@ LOG = {0: {"leak": 0.9, "recall": 0.95}, 5: {"leak": 0.4, "recall": 0.9}, 10: {"
 def drive(selector, model, steps):
     import torch
 
-    selector.before_training(model)
+    selector.before_training(model, TrainLog(RunFolder(selector.output_dir).train_log))
     for step in range(1, steps + 1):
         with torch.no_grad():
             model.weight.fill_(step)  # the weights remember the step they belong to
@@ -122,6 +124,7 @@ def test_state_round_trip_keeps_selection(tmp_path):
     state = json.loads(json.dumps(first.state_dict()))
     second = Selector({"every": 5, "score": "-leak", "constraint": "recall >= 0.8"}, Scripted(LOG), tmp_path)
     second.load_state_dict(state)
+    second.before_training(model, TrainLog(RunFolder(tmp_path).train_log))  # as the loop does after loading it
     import torch
 
     for step in range(11, 21):

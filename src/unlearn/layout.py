@@ -6,6 +6,7 @@
     per_question.json  per-question values of the tofu/muse tasks (a later evaluation's reference:)
     negatives.jsonl    on-policy negatives            model/ adapter/   the saved weights
     checkpoints/       for --resume and selection     validation/       select:'s evaluations
+    logs/              experiment trackers (train.report_to: TensorBoard events, W&B offline runs)
     original_answers/  the original's answers (normal data with source: original)
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ class OutputDirError(InputError):
 class RunFolder:
     MARKERS = ("config.yaml", "train_log.jsonl", "summary.json", "metrics.json")  # a run was here
     FILES = (*MARKERS, "generations.jsonl", "per_question.json", "report.html", "report.md", "negatives.jsonl")
-    FOLDERS = ("checkpoints", "model", "adapter", "plots", "validation", "original_answers")  # FILES, FOLDERS: what --overwrite removes
+    FOLDERS = ("checkpoints", "model", "adapter", "plots", "validation", "original_answers", "logs")  # FILES, FOLDERS: what --overwrite removes
 
     def __init__(self, root: str | Path):
         self.root = root = Path(root)
@@ -34,6 +35,7 @@ class RunFolder:
         self.report_html, self.report_md, self.plots = root / "report.html", root / "report.md", root / "plots"
         self.checkpoints, self.validation = root / "checkpoints", root / "validation"
         self.model, self.adapter, self.original_answers = root / "model", root / "adapter", root / "original_answers"
+        self.logs = root / "logs"
 
     def refuse_existing_run(self, resume: bool, overwrite: bool) -> None:
         held = [m for m in self.MARKERS if (self.root / m).exists()]

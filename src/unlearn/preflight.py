@@ -16,8 +16,8 @@ from unlearn.models.loading import check_causal_lm, check_weights, resolve_sourc
 from unlearn.objectives.resolve import resolve_method
 
 # keys that may change between a run and its --resume: they do not change the steps already taken
-RESUMABLE_CHANGES = ("train.max_steps", "train.save_every", "train.log_every", "model.trust_remote_code",
-                     "model.allow_pickle", "output", "eval")
+RESUMABLE_CHANGES = ("train.max_steps", "train.save_every", "train.log_every", "train.report_to",
+                     "model.trust_remote_code", "model.allow_pickle", "output", "eval")
 
 
 def preflight(config: RunConfig, output_dir: Path, *, resume: bool = False, overwrite: bool = False) -> None:
@@ -32,6 +32,7 @@ def preflight(config: RunConfig, output_dir: Path, *, resume: bool = False, over
             check_source(source, f"{where}.path")
     if config.select is not None and config.eval is None and config.select.eval is None:
         raise ConfigError("select: needs an eval: section (or select.eval) to validate with")
+    _check_trackers(config)
     model_folder = _check_model(config)
     _check_output_dir(config, output_dir, model_folder, resume, overwrite)
     _check_disk(config, output_dir, model_folder)
@@ -50,6 +51,17 @@ def _fields(data, source) -> tuple[str, ...]:
 def _data_files(node, where: str):
     """(config path, source) for every data file named under a config section (not model folders)."""
     return [(at, source) for at, source in path_fields(node, where) if "format" in type(source).model_fields]
+
+
+def _check_trackers(config: RunConfig) -> None:
+    """accelerate skips a tracker whose package is missing without a word: say so before training."""
+    from accelerate.tracking import get_available_trackers
+    from accelerate.utils import LoggerType
+
+    for name in config.train.trackers:
+        if LoggerType(name) not in get_available_trackers():
+            raise ConfigError(f"train.report_to: {name} needs the {name} package, which is not installed "
+                              f"(pip install {name})")
 
 
 def _check_model(config: RunConfig) -> Path | None:

@@ -165,12 +165,25 @@ class TrainConfig(Strict):
     # PCGrad: where the forget-side gradient conflicts with the normal-side one, drop its component
     # along it (one process, no fp16 loss scaling)
     project_conflicts: bool = False
+    # experiment trackers (accelerate's), writing into OUTPUT_DIR/logs/: every train-log row by step
+    report_to: list[Literal["none", "tensorboard", "wandb"]] = ["none"]
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_or_many(cls, value):
+        return [value] if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _projection(self):
         if self.project_conflicts and self.mixed_precision == "fp16":
             raise ValueError("project_conflicts takes its gradients without fp16 loss scaling: use bf16 or no")
+        if "none" in self.report_to and len(self.report_to) > 1:
+            raise ValueError("report_to: none means no tracker; leave it out of a list of trackers")
         return self
+
+    @property
+    def trackers(self) -> list[str]:
+        return [name for name in self.report_to if name != "none"]
 
 
 class OutputConfig(Strict):

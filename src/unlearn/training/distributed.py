@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
@@ -28,7 +29,8 @@ log = logging.getLogger(__name__)
 SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
-def make_accelerator(mixed_precision: str) -> Accelerator:
+def make_accelerator(mixed_precision: str, trackers: list[str] = (), logs: Path | None = None) -> Accelerator:
+    """The run's Accelerator; `trackers` (train.report_to) log into the folder `logs`."""
     warn_single_process_launch()
     # accelerate keeps one state per process and refuses a second precision: runs in one Python
     # process (the demo after a bf16 run, a test session) each set their own; the process group stays
@@ -36,7 +38,8 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
     # no buffer broadcast at each forward: LM buffers (rotary tables) are identical on every process,
     # and processes may run different numbers of forwards per step (length buckets differ)
     ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
-    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
+    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp],
+                       log_with=list(trackers) or None, project_dir=str(logs) if trackers else None)
 
 
 def warn_single_process_launch() -> None:

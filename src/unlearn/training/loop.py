@@ -15,7 +15,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from unlearn.config import TrainConfig
 from unlearn.data.batches import GROUPS, UnlearnData
-from unlearn.io import append_jsonl, atomic_write_jsonl, read_jsonl
+from unlearn.io import atomic_write_jsonl, read_jsonl
 from unlearn.layout import RunFolder
 from unlearn.objectives.forward import Needs, step_forward
 from unlearn.objectives.losses import OBJECTIVES, mean_nll
@@ -23,6 +23,7 @@ from unlearn.objectives.resolve import ResolvedMethod
 from unlearn.training.checkpoint import latest_checkpoint, load_checkpoint, load_weights_only, save_checkpoint
 from unlearn.training.distributed import (SHARDED, agreed_row, batch_index, gathered_state, make_accelerator,
                                           prepare_reference)
+from unlearn.training.tracking import TrainLog, hyperparameters
 from unlearn.ui import progress
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ class StepHook(Protocol):
     """Runs beside the loop (validation-driven selection, on-policy negatives); its state is saved
     with each checkpoint, so a resumed run continues it."""
 
-    def before_training(self, model) -> str | None: ...  # a stop reason (nothing to train on), or None
+    def before_training(self, model, log: TrainLog) -> str | None: ...  # a stop reason, or None; its rows go to `log`
     def after_step(self, step: int, model, row: dict) -> str | None: ...  # a stop reason, or None
     def summary(self) -> dict: ...  # merged into summary.json
     def state_dict(self) -> dict: ...
@@ -109,7 +110,7 @@ def adamw(params, lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
 def train(model, data: UnlearnData, method: ResolvedMethod, config: TrainConfig, output_dir: Path,
           *, reference_model=None, hooks: list[StepHook] = (), resume: bool = False,
           accelerator: Accelerator | None = None) -> TrainResult:
-    accelerator = accelerator or make_accelerator(config.mixed_precision)
+    accelerator = accelerator or make_accelerator(config.mixed_precision, config.trackers, RunFolder(output_dir).logs)
     torch.manual_seed(config.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = adamw(params, config.lr, config.weight_decay)
@@ -122,6 +123,7 @@ def train(model, data: UnlearnData, method: ResolvedMethod, config: TrainConfig,
     if config.max_kl is not None:
         needs = needs.merge(Needs(full_logprobs={"normal"}, reference_full={"normal"}))
     log_path = RunFolder(output_dir).train_log
+    train_log = TrainLog(log_path, accelerator)
 
     start, loop_state = 0, {"over_threshold_since": None, "last_good": None}
     if resume and (checkpoint := latest_checkpoint(output_dir)) is not None:
@@ -140,7 +142,8 @@ def train(model, data: UnlearnData, method: ResolvedMethod, config: TrainConfig,
         if accelerator.is_main_process and log_path.exists():
             log_path.unlink()
 
-    reasons = [hook.before_training(model) for hook in hooks]
+    train_log.start(hyperparameters(config, method), Path(output_dir).name, resumed_at=start)
+    reasons = [hook.before_training(model, train_log) for hook in hooks]
     model.train()
     stop_reason, diverged, started = next((r for r in reasons if r), "max_steps"), False, time.perf_counter()
     last_step = config.max_steps if stop_reason == "max_steps" else start  # a hook may stop before any step
@@ -193,8 +196,7 @@ def train(model, data: UnlearnData, method: ResolvedMethod, config: TrainConfig,
                 reason = hook.after_step(step, model, row)
                 if reason and stop_reason == "max_steps":
                     stop_reason = reason
-            if accelerator.is_main_process:
-                append_jsonl(log_path, row)
+            train_log.write(row)
             history.append(row)
             bar.update(task, advance=1, status=_status(row))
 
@@ -222,6 +224,7 @@ def train(model, data: UnlearnData, method: ResolvedMethod, config: TrainConfig,
             stop_reason += f"; output restored from the last good checkpoint (step {restored})"
         else:
             stop_reason += "; no earlier checkpoint (set train.save_every): the output is the last finite weights"
+    train_log.finish()
     done = history[-1]["step"] if history else start
     return TrainResult(done, stop_reason, diverged, restored, history, time.perf_counter() - started,
                        gathered_state(accelerator, model))

@@ -24,8 +24,9 @@ from unlearn.data.batches import UnlearnData
 from unlearn.data.sources import DataError, detect_format
 from unlearn.evaluation.generation import answer_stop_ids, generate
 from unlearn.evaluation.runner import PromptSet, read_prompt_set
-from unlearn.io import append_jsonl, atomic_write_jsonl, read_jsonl
+from unlearn.io import atomic_write_jsonl, read_jsonl
 from unlearn.layout import RunFolder
+from unlearn.training.tracking import TrainLog
 
 log = logging.getLogger(__name__)
 
@@ -155,12 +156,14 @@ class OnPolicyNegatives:
         self.negatives: list[dict] = []  # the current round's flagged answers: what training unlearns
         self.rounds: list[dict] = []  # the log row of every round
         self.stopped: str | None = None
+        self.log: TrainLog | None = None  # set by before_training
 
     @property
     def path(self) -> Path:
         return RunFolder(self.output_dir).negatives
 
-    def before_training(self, model) -> str | None:
+    def before_training(self, model, log: TrainLog) -> str | None:
+        self.log = log
         if self.round < 0:
             return self.new_round(model, step=0)
         # resumed: the checkpoint's set is in use; drop answers of rounds sampled after it
@@ -188,7 +191,7 @@ class OnPolicyNegatives:
         row = {"step": step, "kind": "onpolicy", "round": self.round, "samples": len(samples),
                "flagged": len(flagged), "flagged_share": len(flagged) / len(samples),
                "negatives": len(flagged) + len(self.dataset_rows), "seconds": round(time.perf_counter() - tick, 4)}
-        append_jsonl(RunFolder(self.output_dir).train_log, row)
+        self.log.write(row)
         self.rounds.append(row)
         log.info("on-policy round %d (step %d): %d of %d answers flagged", self.round, step, len(flagged), len(samples))
         if not flagged:

@@ -18,9 +18,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from unlearn.config.select import Rule, SelectConfig
-from unlearn.io import append_jsonl, atomic_dir
+from unlearn.io import atomic_dir
 from unlearn.layout import RunFolder
 from unlearn.models.prepare import load_trainable_state, trainable_state, unwrap
+from unlearn.training.tracking import TrainLog
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class Selector:
         self.history: list[dict] = []
         self.best: dict | None = None
         self.since_improved = 0
+        self.log: TrainLog | None = None  # set by before_training
 
     def best_path(self, step: int) -> Path:
         # named by step, so a resumed run never reads weights saved after its checkpoint
@@ -63,7 +65,7 @@ class Selector:
         score = float(self.score(names)) + 0.0  # no "-0" for a perfect negated rate
         row = {"step": step, "validation": True, **metrics, "score": score, "eligible": eligible}
         self.history.append(row)
-        append_jsonl(RunFolder(self.output_dir).train_log, row)
+        self.log.write(row)
         improved = eligible and (self.best is None or not self.best["eligible"] or score > self.best["score"])
         # until something is eligible, keep the best score so far (the report says so)
         if improved or (self.best is None) or (not self.best["eligible"] and not eligible and score > self.best["score"]):
@@ -74,7 +76,8 @@ class Selector:
         self.since_improved = 0 if improved else self.since_improved + 1
         return row
 
-    def before_training(self, model) -> None:
+    def before_training(self, model, log: TrainLog) -> None:
+        self.log = log
         if not self.history:
             self._run_validation(0, model)
 
