@@ -1,5 +1,6 @@
 """The Hugging Face workflow: `datasets` data sets in (a `save_to_disk` folder, a hub id from the local
-cache), a model card beside the saved model, experiment tracking (TensorBoard, W&B offline) out."""
+cache), a model card beside the saved model, experiment tracking (TensorBoard, W&B offline) out, and
+`unlearn run --dry-run`."""
 from __future__ import annotations
 
 import glob
@@ -314,3 +315,40 @@ def test_a_tracker_whose_package_is_missing_fails_before_training(qa_files, tiny
         load_config(raw=base_config(tiny_llama, qa_files, report_to=["none", "tensorboard"]))
     with pytest.raises(ConfigError, match=r"train.report_to.0: Input should be 'none', 'tensorboard' or 'wandb'"):
         load_config(raw=base_config(tiny_llama, qa_files, report_to="mlflow"))
+
+
+# --- dry run ------------------------------------------------------------------------------------
+
+def test_dry_run_loads_no_weights_and_prints_the_plan(project, tmp_path, monkeypatch):
+    import safetensors.torch
+    import transformers
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights were loaded")
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
+    monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", refuse)
+    monkeypatch.setattr(safetensors.torch, "load_file", refuse)
+    monkeypatch.setattr("unlearn.run.load_model", refuse)
+    result = cli("run", project / "config.yaml", "-o", tmp_path / "out", "--dry-run")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "dry run: checked, nothing trained, no weights loaded"
+    text = result.stdout
+    assert f"  data.forget: {(project / 'forget_set').resolve()}[train]: 3 rows" in lines  # after where:
+    assert f"  data.normal[0]: {(project / 'normal.csv').resolve()}: 4 rows" in lines
+    assert "method: paper: forget_ga 0.5, mismatch 1, kl_to_original 1" in lines
+    assert "reference: the original is the same network with the LoRA adapters off (no copy)" in lines
+    assert "steps: 3 (train.max_steps)" in lines
+    assert "per micro-batch: 8 rows (2 forget, 4 mismatch, 2 normal), " in text and " answer tokens (mean of" in text
+    assert "memory (an estimate: weights and training state; activations not counted): weights " in text
+    assert f"outputs: {tmp_path / 'out'}/: config.yaml, train_log.jsonl, summary.json, model/, adapter/ (with " \
+           "README.md, the model card), metrics.json, report.html, report.md, logs/ (tensorboard)" in lines
+    assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_makes_the_runs_checks(project, tmp_path):
+    raw = yaml.safe_load((project / "config.yaml").read_text())
+    raw["data"]["forget"]["where"] = {"is_safe": "maybe"}
+    (project / "bad.yaml").write_text(yaml.safe_dump(raw))
+    message = one_line_error(cli("run", project / "bad.yaml", "-o", tmp_path / "out", "--dry-run"))
+    assert message == f"{(project / 'forget_set').resolve()}[train]: no row has is_safe = 'maybe' (where:)"

@@ -62,7 +62,9 @@ def run_command(config: Path = typer.Argument(..., help="YAML config."),
                 resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
                 overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in OUTPUT_DIR."),
                 trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
-                allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (*.bin) weights.")):
+                allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (*.bin) weights."),
+                dry_run: bool = typer.Option(False, "--dry-run", help="Check and count everything, load no "
+                                             "weights, print what would run.")):
     """Unlearn: train on the config's forget/normal data and save the model."""
     from unlearn.config import load_config
 
@@ -70,8 +72,11 @@ def run_command(config: Path = typer.Argument(..., help="YAML config."),
     overrides += ["model.trust_remote_code=true"] if trust_remote_code else []
     overrides += ["model.allow_pickle=true"] if allow_pickle else []
     cfg = load_config(config, overrides)  # before importing torch: a config error fails in a second
-    from unlearn.run import run
+    from unlearn.run import plan, run
 
+    if dry_run:
+        print("\n".join(plan(cfg, output_dir, resume=resume, overwrite=overwrite)))
+        return
     result = run(cfg, output_dir, resume=resume, overwrite=overwrite)  # checks its input before loading weights
     _print_outcome(result)
     if result.summary.get("diverged"):  # the output is written, but the run did not go as asked

@@ -20,13 +20,15 @@ RESUMABLE_CHANGES = ("train.max_steps", "train.save_every", "train.log_every", "
                      "model.trust_remote_code", "model.allow_pickle", "output", "eval")
 
 
-def preflight(config: RunConfig, output_dir: Path, *, resume: bool = False, overwrite: bool = False) -> None:
+def preflight(config: RunConfig, output_dir: Path, *, resume: bool = False, overwrite: bool = False) -> dict[str, int]:
+    """Every check; returns the rows each structured data source gives (after where:, skip, limit)."""
     output_dir = Path(output_dir)
     resolve_method(config.method)
+    rows = {}
     for where, source in _data_files(config.data, "data"):
         check_source(source, f"{where}.path")
         if detect_format(source) != "text":  # malformed lines, unknown fields, nothing left after filtering
-            read_fields(source, _fields(config.data, source))
+            rows[where] = len(read_fields(source, _fields(config.data, source)))
     for section, name in ((config.eval, "eval"), (config.select, "select")):
         for where, source in _data_files(section, name):
             check_source(source, f"{where}.path")
@@ -36,6 +38,7 @@ def preflight(config: RunConfig, output_dir: Path, *, resume: bool = False, over
     model_folder = _check_model(config)
     _check_output_dir(config, output_dir, model_folder, resume, overwrite)
     _check_disk(config, output_dir, model_folder)
+    return rows
 
 
 def _fields(data, source) -> tuple[str, ...]:
@@ -123,11 +126,11 @@ def _check_disk(config: RunConfig, output_dir: Path, model_folder: Path | None) 
     free = shutil.disk_usage(probe).free
     need = _estimate_output_bytes(config, model_folder)
     if need and free < need:
-        raise OutputDirError(f"{output_dir}: {_size(free)} free, the run needs about {_size(need)} "
+        raise OutputDirError(f"{output_dir}: {format_bytes(free)} free, the run needs about {format_bytes(need)} "
                              "(saved model and checkpoints)")
 
 
-def _size(count: int) -> str:
+def format_bytes(count: int) -> str:
     return f"{count / 2**30:.1f} GiB" if count >= 2**30 else f"{count / 2**20:.1f} MiB"
 
 

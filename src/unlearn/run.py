@@ -8,16 +8,17 @@ from pathlib import Path
 
 import torch
 
-from unlearn.config import ConfigError, RunConfig, dump_config, load_config
-from unlearn.data.batches import build_data
+from unlearn.config import ConfigError, RunConfig, dump_config, load_config, path_fields
+from unlearn.data.batches import UnlearnData, build_data
 from unlearn.data.original import original_answers, uses_original
+from unlearn.data.sources import read_pairs, source_name
 from unlearn.evaluation.cache import model_fingerprint
 from unlearn.io import atomic_write_json, atomic_write_text
 from unlearn.layout import RunFolder
-from unlearn.models.loading import load_model
-from unlearn.models.prepare import apply_lora, frozen_copy, num_layers, save_model
+from unlearn.models.loading import check_causal_lm, load_model, load_tokenizer, pretrained_source
+from unlearn.models.prepare import apply_lora, estimate_memory, frozen_copy, num_layers, save_model
 from unlearn.objectives.resolve import ResolvedMethod, resolve_method
-from unlearn.preflight import preflight
+from unlearn.preflight import format_bytes, preflight
 from unlearn.training.distributed import process_state, whole_model
 from unlearn.training.loop import train
 
@@ -64,11 +65,7 @@ def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: li
         data_cfg = original_answers(data_cfg, model, tokenizer, output_dir, resume=resume,
                                     write=state.is_main_process, model_files=model_files)
         state.wait_for_everyone()  # the other processes read the main process's files
-    data = build_data(data_cfg, tokenizer, seed=train_cfg.seed, batch_size=train_cfg.batch_size,
-                      normal_batch_size=train_cfg.normal_batch_size or train_cfg.batch_size,
-                      mismatch_k=method.knobs.mismatch_k if "mismatch" in method.groups else 0,
-                      mismatch_answers=method.mismatch_answers,
-                      guard_answers=method.mismatch_answers if "guard" in method.groups else None)
+    data = _build_data(data_cfg, tokenizer, train_cfg, method)
     # rows each source gives training (on-policy negatives are counted by their rounds instead)
     sizes = {"forget": [len(data.forget) if config.data.forget.source == "dataset" else None],
              "normal": [len(rows) for rows in data.normal], "mismatch_pool": len(data.pool_answers)}
@@ -154,6 +151,75 @@ def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: li
 
         build_report(output_dir)
     return RunResult(output_dir, summary, paths, metrics)
+
+
+def _build_data(data_cfg, tokenizer, train_cfg, method: ResolvedMethod) -> UnlearnData:
+    return build_data(data_cfg, tokenizer, seed=train_cfg.seed, batch_size=train_cfg.batch_size,
+                      normal_batch_size=train_cfg.normal_batch_size or train_cfg.batch_size,
+                      mismatch_k=method.knobs.mismatch_k if "mismatch" in method.groups else 0,
+                      mismatch_answers=method.mismatch_answers,
+                      guard_answers=method.mismatch_answers if "guard" in method.groups else None)
+
+
+def plan(config: RunConfig, output_dir: str | Path, *, resume: bool = False, overwrite: bool = False) -> list[str]:
+    """What `unlearn run` would do (`--dry-run`): the same checks, then the data read and tokenised,
+    the model's config read and its network built on the meta device - no weights are loaded."""
+    output_dir = Path(output_dir).resolve()
+    rows = preflight(config, output_dir, resume=resume, overwrite=overwrite)
+    model_cfg, train_cfg = config.model, config.train
+    folder, gguf_file = pretrained_source(model_cfg.name)
+    model_config = check_causal_lm(model_cfg.name, folder, model_cfg.trust_remote_code, gguf_file)
+    method = resolve_method(config.method, num_layers(model_config))
+    tokenizer = load_tokenizer(model_cfg.name, model_cfg.trust_remote_code)
+    copy = model_cfg.lora is None and needs_original(config, method)
+    memory = estimate_memory(model_config, model_cfg.dtype, model_cfg.lora, copy, model_cfg.trust_remote_code)
+
+    lora = model_cfg.lora
+    lines = ["dry run: checked, nothing trained, no weights loaded",
+             f"model: {model_cfg.name} ({memory.parameters / 1e6:.1f} M parameters, {model_cfg.dtype}), "
+             + (f"LoRA r={lora.r} on {lora.target_modules}" if lora else "full fine-tune")
+             + f": {memory.trainable / 1e6:.2f} M trainable",
+             f"method: {method.method.name}: " + ", ".join(f"{name} {w:g}" for name, w in method.weights.items()),
+             "reference: " + ("the original is the same network with the LoRA adapters off (no copy)" if lora
+                              else "a frozen copy of the original beside the trained model" if copy
+                              else "none (no objective, guard or validation reads the original)"),
+             "data (rows after where:, skip and limit):"]
+    generated = {"self": ", answers: the model's own, sampled and judged during training",
+                 "original": ", answers: the original model's greedy ones, generated before training"}
+    for where, source in path_fields(config.data, "data"):
+        count = rows[where] if where in rows else len(read_pairs(source, tokenizer))  # plain text: token windows
+        lines.append(f"  {where}: {source_name(source)}: {count} rows{generated.get(source.source, '')}")
+    lines += [f"steps: {train_cfg.max_steps} (train.max_steps)"
+              + (f", {train_cfg.grad_accum} micro-batches each" if train_cfg.grad_accum > 1 else ""),
+              _step_size(config, tokenizer, method),
+              "memory (an estimate: weights and training state; activations not counted): weights "
+              f"{format_bytes(memory.weights)}" + (f" + frozen copy {format_bytes(memory.frozen_copy)}" if copy else "")
+              + f" + gradients and AdamW state {format_bytes(memory.training_state)} = {format_bytes(memory.total)}"]
+    if config.eval:
+        lines.append("eval: " + ", ".join(task.name for task in config.eval.tasks) + ", before and after")
+    if config.select:
+        lines.append(f"select: validation every {config.select.every} steps, score {config.select.score}")
+    saved = {"merged": "model/", "adapter": "adapter/", "both": "model/, adapter/", "none": ""}[config.output.save]
+    outputs = ["config.yaml", "train_log.jsonl", "summary.json", *([f"{saved} (with README.md, the model card)"]
+                                                                 if saved else []),
+               *(["metrics.json", "report.html", "report.md"] if config.eval else []),
+               *([f"logs/ ({', '.join(train_cfg.trackers)})"] if train_cfg.trackers else [])]
+    return lines + [f"outputs: {output_dir}/: " + ", ".join(outputs)]
+
+
+def _step_size(config: RunConfig, tokenizer, method: ResolvedMethod, sample: int = 16) -> str:
+    """Rows and tokens of a micro-batch, measured on the first `sample` step batches."""
+    if uses_original(config.data) or config.data.forget.source == "self":
+        return ("per micro-batch: rows and tokens are known once the model has written its answers "
+                f"(at most data.max_length={config.data.max_length} tokens a row)")
+    data = _build_data(config.data, tokenizer, config.train, method)
+    batches = [data.step_batch(step) for step in range(min(sample, config.train.max_steps))]
+    groups = dict.fromkeys(g for batch in batches for g in batch.row_group)
+    mean = {g: sum(batch.row_group.count(g) for batch in batches) / len(batches) for g in groups}
+    tokens = sum(int(batch.attention_mask.sum()) for batch in batches) / len(batches)
+    answers = sum(batch.answer_tokens for batch in batches) / len(batches)
+    return (f"per micro-batch: {sum(mean.values()):g} rows (" + ", ".join(f"{n:g} {g}" for g, n in mean.items())
+            + f"), {tokens:.0f} tokens, {answers:.0f} of them answer tokens (mean of the first {len(batches)})")
 
 
 def needs_original(config: RunConfig, method: ResolvedMethod) -> bool:

@@ -98,12 +98,22 @@ def local_folder(name: str) -> Path | str:
     return target
 
 
+def pretrained_source(name: str) -> tuple[Path | str, str | None]:
+    """(what from_pretrained reads, gguf_file) for `name`'s config and tokenizer, no weights converted:
+    the folder or hub id; for a GGUF, its converted folder once made, else the file itself."""
+    kind, where = resolve_source(name)
+    if kind != "gguf":
+        return where, None
+    converted = _gguf_cache_folder(where)
+    return (converted, None) if (converted / "config.json").is_file() else (where.parent, where.name)
+
+
 def load_tokenizer(name: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    folder = local_folder(name)
+    folder, gguf_file = pretrained_source(name)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code, gguf_file=gguf_file)
     except OSError as exc:
         raise ModelError(_hub_message(name, exc)) from None
     if tokenizer.pad_token is None:  # Llama/SmolLM2-style: pad with EOS; masks keep it out of losses
@@ -126,13 +136,13 @@ def check_weights(folder: Path, allow_pickle: bool) -> None:
                          "convert them to safetensors or pass --allow-pickle")
 
 
-def check_causal_lm(name: str, folder: Path | str, trust_remote_code: bool = False):
+def check_causal_lm(name: str, folder: Path | str, trust_remote_code: bool = False, gguf_file: str | None = None):
     """Read only the model's config (no weights) and refuse anything that is not a causal LM."""
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     try:
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code, gguf_file=gguf_file)
     except OSError as exc:
         raise ModelError(_hub_message(name, exc)) from None
     except ValueError as exc:

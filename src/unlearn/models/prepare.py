@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -47,11 +48,47 @@ def original_model(model, frozen=None):
 
 
 def num_layers(model) -> int | None:
-    config = getattr(model, "config", None)
+    """The decoder layers of a model (or of a model's config)."""
+    config = getattr(model, "config", model)
     for key in ("num_hidden_layers", "n_layer", "num_layers"):
         if config is not None and getattr(config, key, None):
             return int(getattr(config, key))
     return None
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes a run holds for its weights and training state (activations are not counted)."""
+    parameters: int
+    trainable: int
+    weights: int  # the model (and its LoRA adapters)
+    frozen_copy: int  # the original beside a full fine-tune, when something reads it
+    training_state: int  # gradients and the two AdamW moments of the trainable parameters
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.frozen_copy + self.training_state
+
+
+def estimate_memory(model_config, dtype: str, lora: LoraConfig | None, keeps_copy: bool,
+                    trust_remote_code: bool = False) -> MemoryEstimate:
+    """From the model's config alone: the network is built on the meta device (no memory, no weights)
+    and the LoRA adapters applied to it, so the counts are exact; bytes follow the dtype (adapters
+    are float32, as peft keeps them)."""
+    from transformers import AutoModelForCausalLM
+
+    from unlearn.models.loading import DTYPES
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(model_config, trust_remote_code=trust_remote_code)
+        parameters = sum(p.numel() for p in model.parameters())
+        if lora is not None:
+            model = apply_lora(model, lora)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    size = DTYPES[dtype].itemsize
+    trainable_size = 4 if lora is not None else size
+    return MemoryEstimate(parameters, trainable, parameters * size + (trainable * 4 if lora is not None else 0),
+                          parameters * size if keeps_copy else 0, 3 * trainable * trainable_size)
 
 
 def is_lora(model) -> bool:
