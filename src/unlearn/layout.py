@@ -24,7 +24,8 @@ class OutputDirError(InputError):
 class RunFolder:
     MARKERS = ("config.yaml", "train_log.jsonl", "summary.json", "metrics.json")  # a run was here
     FILES = (*MARKERS, "generations.jsonl", "per_question.json", "report.html", "report.md", "negatives.jsonl")
-    FOLDERS = ("checkpoints", "model", "adapter", "plots", "validation", "original_answers", "logs")  # FILES, FOLDERS: what --overwrite removes
+    # FILES, FOLDERS: what --overwrite removes
+    FOLDERS = ("checkpoints", "model", "adapter", "plots", "validation", "original_answers", "logs")
 
     def __init__(self, root: str | Path):
         self.root = root = Path(root)

@@ -87,8 +87,9 @@ def estimate_memory(model_config, dtype: str, lora: LoraConfig | None, keeps_cop
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     size = DTYPES[dtype].itemsize
     trainable_size = 4 if lora is not None else size
-    return MemoryEstimate(parameters, trainable, parameters * size + (trainable * 4 if lora is not None else 0),
-                          parameters * size if keeps_copy else 0, 3 * trainable * trainable_size)
+    adapters = trainable * trainable_size if lora is not None else 0
+    return MemoryEstimate(parameters, trainable, parameters * size + adapters, parameters * size if keeps_copy else 0,
+                          3 * trainable * trainable_size)
 
 
 def is_lora(model) -> bool:

@@ -69,8 +69,8 @@ def metrics(report: Report) -> list[str]:
     rows = [[cell(row.name), arrow(row.direction), *(fmt(row.values[s]) for s in stages),
              *([fmt(row.delta, signed=True) + MARK[row.verdict]] if paired else [])] for row in report.metrics]
     out = table(["metric", "", *stages, *(["change"] if paired else [])], rows, numeric_from=2)
-    return out + (["", "↑ higher is better, ↓ lower is better, →x: x is ideal; ✓ the change helps, ✗ it hurts."]
-                  if paired else [])
+    legend = "↑ higher is better, ↓ lower is better, →x: x is ideal; ✓ the change helps, ✗ it hurts."
+    return out + (["", legend] if paired else [])
 
 
 def settings(report: Report) -> list[str]:

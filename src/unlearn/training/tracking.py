@@ -17,6 +17,8 @@ PROJECT = "unlearn"  # the W&B project; TensorBoard's events go to logs/unlearn/
 
 
 class TrainLog:
+    """Appends a row to train_log.jsonl (the main process) and logs its numbers to the trackers."""
+
     def __init__(self, path: Path, accelerator: Accelerator | None = None):
         self.path, self.accelerator = Path(path), accelerator
 
@@ -49,5 +51,6 @@ def scalars(row: dict) -> dict[str, float]:
 
 def hyperparameters(config: TrainConfig, method: ResolvedMethod) -> dict[str, str | int | float | bool | None]:
     """What trackers store beside the curves: the method, its weights, the train settings (one level)."""
-    train = {f"train.{key}": value for key, value in config.model_dump(mode="json").items() if not isinstance(value, list)}
+    train = {f"train.{key}": value for key, value in config.model_dump(mode="json").items()
+             if not isinstance(value, list)}
     return {"method": method.method.name, **{f"weights.{name}": w for name, w in method.weights.items()}, **train}
