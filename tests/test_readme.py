@@ -70,8 +70,9 @@ def test_readme_use_commands_run_as_written(tiny_llama, tmp_path, monkeypatch):
         result = CliRunner().invoke(app, ["--quiet", *args])
         assert result.exit_code == 0, f"{command}\n{result.output}"
         ran.append(args[0])
-    assert ran.count("run") == 3 and {"eval", "report", "compare", "leaderboard", "interpolate", "finetune"} <= set(ran)
+    assert ran.count("run") == 4 and {"eval", "report", "compare", "leaderboard", "interpolate", "finetune"} <= set(ran)
     runs = tmp_path / "runs"
+    assert not (runs / "plan").exists()  # --dry-run writes nothing
     # what the commands were to leave behind
     assert json.loads((runs / "harmful/summary.json").read_text())["steps"] == 4
     h2 = yaml.safe_load((runs / "h2/config.yaml").read_text())
