@@ -191,7 +191,7 @@ class StepClock:
         self.rows.append({"wall": wall, "cpu": cpu, **{k: row[k] for k in LOSS_KEYS if k in row}})
 
     # the StepHook protocol of unlearn.training.loop
-    def before_training(self, model) -> None:
+    def before_training(self, model, log) -> None:  # writes no rows of its own to the run's log
         self.marks = [(time.perf_counter(), time.process_time())]
 
     def after_step(self, step: int, model, row: dict) -> None:
