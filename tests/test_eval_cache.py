@@ -66,3 +66,10 @@ def test_no_cache_for_hub_models_or_when_turned_off(monkeypatch):
     assert cache.cache_key(None, {}, {}) is None
     monkeypatch.setenv("UNLEARN_EVAL_CACHE", "0")
     assert cache.cache_key(["folder", "/m", [], "float32"], {}, {}) is None
+
+
+def test_data_set_folders_are_part_of_the_key():
+    from unlearn.evaluation.cache import _paths
+
+    settings = {"data": {"forget": {"dataset": "saved/forget_set"}, "normal": [{"path": "normal.csv"}]}}
+    assert sorted(_paths(settings)) == ["normal.csv", "saved/forget_set"]  # a re-saved folder misses the cache

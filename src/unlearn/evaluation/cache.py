@@ -50,9 +50,10 @@ def _code_digest() -> str:
 
 
 def _paths(node) -> list[str]:
-    """Every `path` string in a nested dict / list (data sources, eval tasks, judge folders)."""
+    """Every `path` string in a nested dict / list (data sources, eval tasks, judge folders), and every
+    `dataset:` (a save_to_disk folder is fingerprinted like a model folder; a hub id has no local files)."""
     if isinstance(node, dict):
-        found = [node["path"]] if isinstance(node.get("path"), str) else []
+        found = [node[key] for key in ("path", "dataset") if isinstance(node.get(key), str)]
         return found + [p for value in node.values() for p in _paths(value)]
     if isinstance(node, list):
         return [p for value in node for p in _paths(value)]
