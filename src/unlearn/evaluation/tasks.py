@@ -154,8 +154,8 @@ def tofu(run) -> dict[str, float]:
         values[f"rouge_l_recall@{role}"] = m.mean(recall)
         values[f"truth_ratio@{role}"] = b.truth_ratio_score(ratios[role], forget=role == "forget")
         run.keep(role, truth_ratio=ratios[role], prob=probs, rouge_l_recall=recall)
-    utility = [values[f"{metric}@{role}"] for role in run.task.kept for metric in ("prob", "rouge_l_recall", "truth_ratio")
-               if f"{metric}@{role}" in values]
+    utility = [values[f"{metric}@{role}"] for role in run.task.kept
+               for metric in ("prob", "rouge_l_recall", "truth_ratio") if f"{metric}@{role}" in values]
     if len(utility) == 3 * len(run.task.kept):
         values["model_utility"] = b.model_utility(utility)
     if run.reference is not None:
