@@ -271,3 +271,10 @@ def test_validation_table_lists_rule_metrics_first_and_marks_the_selected_step(t
     # no select: section in this config: columns in the order the log names them
     assert "| step | diversity@normal | leak_rate@forget | recall@retain | score | eligible |  |" in (
         folder / "report.md").read_text()
+
+
+def test_small_values_keep_two_significant_digits():
+    from unlearn.report.metrics import fmt
+
+    assert fmt(2.1207e-05) == "2.1e-05" and fmt(0.0) == "0.000" and fmt(0.0123) == "0.012"
+    assert fmt(-0.0001, signed=True) == "+0.000"  # a difference that small is no change

@@ -102,6 +102,9 @@ def fmt(value: float | None, signed: bool = False) -> str:
         return "—"
     if not math.isfinite(value):
         return str(value)
+    if not signed and 0 < abs(value) < 5e-4:  # a small value, e.g. TOFU's forget quality (a p-value): 2.1e-05
+        text = f"{value:.2g}"
+        return "−" + text[1:] if text.startswith("-") else text
     value = round(value, 3) + 0.0 if abs(value) < 100 else value  # -0.0001 shows as 0.000, not −0.000
     size = abs(value)
     text = f"{value:+.3f}" if size < 100 else f"{value:+.1f}" if size < 1e5 else f"{value:+.3g}"
