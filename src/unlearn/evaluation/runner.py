@@ -62,15 +62,12 @@ def read_prompt_set(source: SourceConfig | AnswerSource | TofuSource, tokenizer,
     """A source's rows (the first `max_rows`), encoded as training encodes them (or with `template`);
     prompts that leave no room for an answer within data.max_length are skipped with a warning.
     A TOFU source without `paraphrased` compares the gold answer itself with the perturbed ones."""
-    perturbed = {}
     if isinstance(source, AnswerSource):
         rows = read_answers(source)
         encoder = PairEncoder(tokenizer, data.template, data.max_length)
     elif isinstance(source, TofuSource):
         fields = (source.prompt, source.answer, source.paraphrased if paraphrased else source.answer, source.perturbed)
-        read = read_fields(source, fields, lists=(source.perturbed,))
-        rows = [row[:3] for row in read]
-        perturbed = {row[0]: row[3] for row in read}
+        rows = read_fields(source, fields, lists=(source.perturbed,))  # the perturbed answers ride along
         encoder = PairEncoder(tokenizer, data.template, data.max_length)
     else:
         if reads_responses or detect_format(source) == "text":
@@ -92,7 +89,7 @@ def read_prompt_set(source: SourceConfig | AnswerSource | TofuSource, tokenizer,
     if not kept:
         raise DataError(f"{where}: no prompt fits data.max_length={data.max_length}")
     return PromptSet([r[0] for r in kept], [r[1] for r in kept], ids, encoder, [r[2] for r in kept],
-                     [perturbed[r[0]] for r in kept] if perturbed else [])
+                     [r[3] for r in kept] if isinstance(source, TofuSource) else [])
 
 
 def read_texts(source: SourceConfig, tokenizer, data: DataConfig, max_rows: int | None = None) -> PromptSet:
@@ -129,7 +126,7 @@ def read_reference(folder: str, where: str) -> dict:
                           "from `unlearn eval` or `unlearn run` with this task)")
     metrics, values = json.loads(run.metrics.read_text()), json.loads(run.per_question.read_text())
     stage = "after" if "after" in values else "before"
-    return {"metrics": metrics.get(stage, {}), "values": values.get(stage, {}), "stage": stage}
+    return {"metrics": metrics.get(stage, {}), "values": values.get(stage, {})}
 
 
 def default_source(role: str, data: DataConfig) -> SourceConfig | None:
