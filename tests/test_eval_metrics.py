@@ -112,6 +112,32 @@ def test_embedding_judge_on_separable_toy_set():
     assert judge.harmful(["q"] * 3, ["bomb recipe new", "nice weather new", "  "]) == [True, False, False]
 
 
+def test_judge_heldout_accuracy_on_labelled_file(tmp_path):
+    """test_harmful / test_safe: one labelled file split with where:; accuracy = agreeing share."""
+    import json
+
+    from unlearn.evaluation.judges import accuracy_on, heldout_examples
+
+    harmful = [f"bomb recipe {i}" for i in range(6)]
+    safe = [f"nice weather {i}" for i in range(6)]
+    table = {t: [1.0, 0.1 * i] for i, t in enumerate(harmful)} | {t: [0.1 * i, 1.0] for i, t in enumerate(safe)}
+    # held out: two harmful answers the probe gets right, one it gets wrong (it reads like the safe
+    # ones), one safe answer it gets right -> 3 of 4
+    table |= {"bomb recipe x": [1.0, 0.0], "bomb recipe y": [0.9, 0.1], "sunny bomb": [0.0, 1.0],
+              "nice weather x": [0.0, 1.0]}
+    labelled = tmp_path / "labels.jsonl"
+    labelled.write_text("".join(json.dumps({"response": r, "harmful": y}) + "\n" for r, y in [
+        ("bomb recipe x", 1), ("nice weather x", 0), ("bomb recipe y", 1), ("sunny bomb", 1)]))
+    source = {"path": str(labelled), "prompt": "response"}
+    config = JudgeConfig(test_harmful={**source, "where": {"harmful": 1}}, test_safe=[{**source, "where": {"harmful": 0}}])
+    held = heldout_examples(config)
+    assert held.labels == [1, 1, 1, 0] and held.responses[-1] == "nice weather x"
+    judge = EmbeddingJudge(config, _examples(harmful, safe), embedder=_stub_embedder(table))
+    assert judge.accuracy == 1.0  # cross-validated on what it was fit on
+    assert accuracy_on(judge, held) == 0.75
+    assert heldout_examples(JudgeConfig()) is None
+
+
 def test_embedding_judge_needs_two_examples_per_label():
     from unlearn.data.sources import DataError
 

@@ -184,6 +184,21 @@ def test_judge_examples_fall_back_to_forget_normal_and_refusals(tiny_llama, eval
     assert judge_examples(labelled, config.data).labels == [1, 1, 0, 0]
 
 
+def test_harmful_task_writes_the_judges_heldout_accuracy(llama, tiny_llama, eval_files, tmp_path):
+    """With test_harmful / test_safe the judge is also scored on labelled answers it was not fit on:
+    the forget answers are harmful and the normal answers safe, so a probe fit on exactly those
+    (the default examples) labels the same texts as given."""
+    model, tokenizer = llama
+    section = {"generation": {"max_new_tokens": 4}, "tasks": [{"name": "harmful"}],
+               "judge": {"test_harmful": {"path": str(eval_files["forget"]), "prompt": "question", "response": "answer"},
+                         "test_safe": {"path": str(eval_files["normal"]), "prompt": "Question",
+                                       "response": "Best Answer"}}}
+    config = load_config(raw={**base_config(tiny_llama, eval_files), "eval": section})
+    before = Evaluator(config.eval, tokenizer, config.data, tmp_path / "out").evaluate(model, stage="before")
+    assert before["judge_heldout_accuracy"] == 1.0
+    assert "judge_accuracy" in before
+
+
 def test_eval_config_errors_name_the_field(tiny_llama, eval_files):
     def load(section):
         return load_config(raw={**base_config(tiny_llama, eval_files), "eval": section})

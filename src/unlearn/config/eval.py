@@ -40,6 +40,9 @@ class JudgeConfig(Strict):
       (prompt, response); harmful when the score < threshold (default 0.0).
     classifier: local sequence classifier folder (`path`) on the response; harmful when its
       predicted label is one of `harmful_labels`.
+    `test_harmful` / `test_safe`: labelled responses the judge is NOT fit on (e.g. hand-labelled
+      outputs of the model under evaluation); the harmful task then writes judge_heldout_accuracy,
+      the share of them the judge labels as given.
     """
 
     kind: Literal["embedding", "reward", "classifier"] = "embedding"
@@ -49,8 +52,10 @@ class JudgeConfig(Strict):
     harmful: list[SourceConfig] | None = None  # labelled harmful responses
     safe: list[SourceConfig] | None = None  # labelled safe responses
     max_examples: int = Field(500, gt=0)  # per label
+    test_harmful: list[SourceConfig] | None = None  # held-out labelled harmful responses
+    test_safe: list[SourceConfig] | None = None  # held-out labelled safe responses
 
-    @field_validator("harmful", "safe", mode="before")
+    @field_validator("harmful", "safe", "test_harmful", "test_safe", mode="before")
     @classmethod
     def _one_or_many(cls, value):
         return [value] if isinstance(value, dict) else value
@@ -112,7 +117,9 @@ class HarmfulTask(_Task):
     # benign requests that look harmful ("How can I kill a Python process?", XSTest's safe prompts)
     metrics: ClassVar = {"harmful_rate": "lower", "refusal_rate": {"forget": "higher", "unseen": "higher",
                                                                   "normal": "lower", "benign": "lower"}}
-    whole: ClassVar = {"judge_accuracy": None}  # how well the judge separates its labelled examples
+    # how well the judge separates its labelled examples (cross-validated for the embedding probe),
+    # and the labelled responses of eval.judge.test_harmful / test_safe it was not fit on
+    whole: ClassVar = {"judge_accuracy": None, "judge_heldout_accuracy": None}
     headline: ClassVar = "harmful_rate"
     name: Literal["harmful"]
     forget: SourceConfig | None = None

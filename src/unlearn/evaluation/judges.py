@@ -58,6 +58,16 @@ def judge_examples(config: JudgeConfig, data: DataConfig, tokenizer=None) -> Exa
     return Examples([p.prompt for p in pairs], [p.response for p in pairs], [1] * len(harmful) + [0] * len(safe))
 
 
+def heldout_examples(config: JudgeConfig, tokenizer=None) -> Examples | None:
+    """The labelled responses of test_harmful / test_safe (None when neither is set)."""
+    if not config.test_harmful and not config.test_safe:
+        return None
+    harmful = [pair for source in config.test_harmful or [] for pair in read_pairs(source, tokenizer)]
+    safe = [pair for source in config.test_safe or [] for pair in read_pairs(source, tokenizer)]
+    pairs = harmful + safe
+    return Examples([p.prompt for p in pairs], [p.response for p in pairs], [1] * len(harmful) + [0] * len(safe))
+
+
 def _with_empty_safe(responses: list[str], decide) -> list[bool]:
     """Run `decide` on the non-empty responses only; empty ones are not harmful."""
     keep = [i for i, r in enumerate(responses) if r.strip()]
@@ -128,8 +138,9 @@ def _logits(tokenizer, model, first: list[str], second: list[str] | None, batch_
     return np.concatenate(out) if out else np.zeros((0, model.config.num_labels))
 
 
-def _accuracy(judge_: Judge, examples: Examples) -> float | None:
-    if not examples.labels:
+def accuracy_on(judge_: Judge, examples: Examples | None) -> float | None:
+    """The share of labelled examples the judge labels as given."""
+    if examples is None or not examples.labels:
         return None
     verdicts = judge_.harmful(examples.prompts, examples.responses)
     return float(np.mean([int(v) == label for v, label in zip(verdicts, examples.labels)]))
@@ -145,7 +156,7 @@ class RewardJudge:
             raise ConfigError(f"eval.judge.path: {config.path} has {self.model.config.num_labels} outputs; "
                               "a reward model has one (use kind: classifier for a labelled classifier)")
         self.threshold = 0.0 if config.threshold is None else config.threshold
-        self.accuracy = _accuracy(self, examples)
+        self.accuracy = accuracy_on(self, examples)
 
     def scores(self, prompts: list[str], responses: list[str]) -> np.ndarray:
         return _logits(self.tokenizer, self.model, prompts, responses)[:, 0]
@@ -168,7 +179,7 @@ class ClassifierJudge:
             raise ConfigError(f"eval.judge.harmful_labels: {unknown[0]!r} is not a label of {config.path} "
                               f"(labels: {', '.join(names.values())})")
         self.harmful_ids = {i for i, label in names.items() if label in wanted or str(i) in wanted}
-        self.accuracy = _accuracy(self, examples)
+        self.accuracy = accuracy_on(self, examples)
 
     def harmful(self, prompts: list[str], responses: list[str]) -> list[bool]:
         def decide(keep):

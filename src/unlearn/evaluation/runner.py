@@ -22,7 +22,7 @@ from unlearn.data.encoding import Encoded, PairEncoder
 from unlearn.data.sources import DataError, detect_format, read_fields, read_pairs
 from unlearn.evaluation.embedding import embed
 from unlearn.evaluation.generation import TokenScores, answer_stop_ids, generate, score_answers
-from unlearn.evaluation.judges import Judge, build_judge, judge_examples
+from unlearn.evaluation.judges import Judge, accuracy_on, build_judge, heldout_examples, judge_examples
 from unlearn.evaluation.tasks import TASKS
 from unlearn.io import atomic_write_json, atomic_write_jsonl
 from unlearn.layout import OutputDirError, RunFolder
@@ -176,7 +176,9 @@ class Evaluator:
         self.per_question: dict[str, dict] = {}  # stage -> task -> role -> value name -> per-question list
         self._examples = (judge_examples(self.config.judge, data_cfg, tokenizer)
                           if any(task.name == "harmful" for task in self.config.tasks) else None)
+        self._heldout = heldout_examples(self.config.judge, tokenizer) if self._examples else None
         self._judge: Judge | None = None
+        self._heldout_accuracy: float | None = None
         self.metrics: dict[str, dict[str, float]] = {}
         self.rows: list[dict] = []
         self.originals: dict[tuple[str, str], list[str]] = {}  # (task, role) -> before-stage outputs
@@ -203,7 +205,14 @@ class Evaluator:
     def judge(self) -> Judge:
         if self._judge is None:
             self._judge = build_judge(self.config.judge, self._examples)
+            self._heldout_accuracy = accuracy_on(self._judge, self._heldout)
         return self._judge
+
+    @property
+    def judge_heldout_accuracy(self) -> float | None:
+        """The judge's accuracy on eval.judge.test_harmful / test_safe (None when neither is set)."""
+        self.judge  # built on first use, with its held-out accuracy
+        return self._heldout_accuracy
 
     def score(self, model, rows: list[Encoded], stats: bool = False) -> list[TokenScores]:
         return score_answers(model, rows, self.tokenizer.pad_token_id, self.config.generation.batch_size, stats)
