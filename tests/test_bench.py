@@ -28,15 +28,15 @@ def test_synthetic_data_has_the_harmful_qa_shape(tmp_path):
 def test_bench_runs_both_sides_with_equal_losses(tiny_llama, tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run([sys.executable, str(BENCH), "--model", str(tiny_llama),
-                           "--configs", "lora,full", "--warmup", "1", "--steps", "1", "--max-length", "96",
+                           "--configs", "lora,full,lora-bf16w", "--warmup", "1", "--steps", "1", "--max-length", "96",
                            "--gen-prompts", "3", "--gen-tokens", "4", "--json", str(out)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "ours/ref" in done.stdout and "generation" in done.stdout
     report = json.loads(out.read_text())
-    for key in ("speedup_steps_per_s", "memory_ratio", "generation_speedup"):
+    for key in ("speedup_steps_per_s", "memory_ratio", "generation_speedup", "speedup_bf16_vs_reference_fp32"):
         assert report[key] > 0
-    for name in ("lora", "full"):
+    for name in ("lora", "full", "lora-bf16w"):
         result = report["configs"][name]
         assert result["losses_agree"] and result["mismatch_tokens_match"]
         for side in ("ours", "reference"):
