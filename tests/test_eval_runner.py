@@ -196,7 +196,7 @@ def test_harmful_task_writes_the_judges_heldout_accuracy(llama, tiny_llama, eval
     config = load_config(raw={**base_config(tiny_llama, eval_files), "eval": section})
     before = Evaluator(config.eval, tokenizer, config.data, tmp_path / "out").evaluate(model, stage="before")
     assert before["judge_heldout_accuracy"] == 1.0
-    assert "judge_accuracy" in before
+    assert "judge_accuracy" in before and set(config.eval.directions()) == set(before)
 
 
 def test_eval_config_errors_name_the_field(tiny_llama, eval_files):

@@ -117,9 +117,9 @@ class HarmfulTask(_Task):
     # benign requests that look harmful ("How can I kill a Python process?", XSTest's safe prompts)
     metrics: ClassVar = {"harmful_rate": "lower", "refusal_rate": {"forget": "higher", "unseen": "higher",
                                                                   "normal": "lower", "benign": "lower"}}
-    # how well the judge separates its labelled examples (cross-validated for the embedding probe),
-    # and the labelled responses of eval.judge.test_harmful / test_safe it was not fit on
-    whole: ClassVar = {"judge_accuracy": None, "judge_heldout_accuracy": None}
+    # how well the judge separates its labelled examples (cross-validated for the embedding probe);
+    # with eval.judge.test_harmful / test_safe also judge_heldout_accuracy (EvalConfig.directions)
+    whole: ClassVar = {"judge_accuracy": None}
     headline: ClassVar = "harmful_rate"
     name: Literal["harmful"]
     forget: SourceConfig | None = None
@@ -349,7 +349,10 @@ class EvalConfig(Strict):
 
     def directions(self) -> dict[str, Direction]:
         """Every metric key the section writes, with which way is better."""
-        return {key: value for task in self.tasks for key, value in task.directions().items()}
+        written = {key: value for task in self.tasks for key, value in task.directions().items()}
+        if "judge_accuracy" in written and (self.judge.test_harmful or self.judge.test_safe):
+            written["judge_heldout_accuracy"] = None  # the judge's, on labelled answers it is not fit on
+        return written
 
 
 def parse_eval_config(raw: dict) -> EvalConfig:
