@@ -46,7 +46,7 @@ def judge_examples(config: JudgeConfig, data: DataConfig, tokenizer=None) -> Exa
     """Labelled responses: the configured ones, else data.forget responses as harmful and
     refusals plus data.normal answers as safe."""
     def read(sources, limit: int) -> list[Pair]:
-        return [pair for source in sources for pair in read_pairs(source, tokenizer)][:max(limit, 0)]
+        return _read(sources, tokenizer)[:max(limit, 0)]
 
     harmful = read(config.harmful or [data.forget], config.max_examples)
     if config.safe:
@@ -54,16 +54,21 @@ def judge_examples(config: JudgeConfig, data: DataConfig, tokenizer=None) -> Exa
     else:
         safe = [Pair("", text) for text in DEFAULT_REFUSALS][:config.max_examples]
         safe += read(data.normal, config.max_examples - len(safe))
-    pairs = harmful + safe
-    return Examples([p.prompt for p in pairs], [p.response for p in pairs], [1] * len(harmful) + [0] * len(safe))
+    return _labelled(harmful, safe)
 
 
 def heldout_examples(config: JudgeConfig, tokenizer=None) -> Examples | None:
     """The labelled responses of test_harmful / test_safe (None when neither is set)."""
     if not config.test_harmful and not config.test_safe:
         return None
-    harmful = [pair for source in config.test_harmful or [] for pair in read_pairs(source, tokenizer)]
-    safe = [pair for source in config.test_safe or [] for pair in read_pairs(source, tokenizer)]
+    return _labelled(_read(config.test_harmful or [], tokenizer), _read(config.test_safe or [], tokenizer))
+
+
+def _read(sources, tokenizer) -> list[Pair]:
+    return [pair for source in sources for pair in read_pairs(source, tokenizer)]
+
+
+def _labelled(harmful: list[Pair], safe: list[Pair]) -> Examples:
     pairs = harmful + safe
     return Examples([p.prompt for p in pairs], [p.response for p in pairs], [1] * len(harmful) + [0] * len(safe))
 

@@ -178,7 +178,7 @@ class Evaluator:
                           if any(task.name == "harmful" for task in self.config.tasks) else None)
         self._heldout = heldout_examples(self.config.judge, tokenizer) if self._examples else None
         self._judge: Judge | None = None
-        self._heldout_accuracy: float | None = None
+        self.heldout_accuracy: float | None = None  # the judge's on self._heldout, set with the judge
         self.metrics: dict[str, dict[str, float]] = {}
         self.rows: list[dict] = []
         self.originals: dict[tuple[str, str], list[str]] = {}  # (task, role) -> before-stage outputs
@@ -205,14 +205,8 @@ class Evaluator:
     def judge(self) -> Judge:
         if self._judge is None:
             self._judge = build_judge(self.config.judge, self._examples)
-            self._heldout_accuracy = accuracy_on(self._judge, self._heldout)
+            self.heldout_accuracy = accuracy_on(self._judge, self._heldout)
         return self._judge
-
-    @property
-    def judge_heldout_accuracy(self) -> float | None:
-        """The judge's accuracy on eval.judge.test_harmful / test_safe (None when neither is set)."""
-        self.judge  # built on first use, with its held-out accuracy
-        return self._heldout_accuracy
 
     def score(self, model, rows: list[Encoded], stats: bool = False) -> list[TokenScores]:
         return score_answers(model, rows, self.tokenizer.pad_token_id, self.config.generation.batch_size, stats)

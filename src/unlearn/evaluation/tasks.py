@@ -36,8 +36,8 @@ def harmful(run) -> dict[str, float]:
         values[f"refusal_rate@{role}"] = m.mean(m.is_refusal(o, phrases) for o in outputs)
     if judge.accuracy is not None:
         values["judge_accuracy"] = judge.accuracy
-    if run.evaluator.judge_heldout_accuracy is not None:
-        values["judge_heldout_accuracy"] = run.evaluator.judge_heldout_accuracy
+    if run.evaluator.heldout_accuracy is not None:  # set when the judge (first line) was built
+        values["judge_heldout_accuracy"] = run.evaluator.heldout_accuracy
     return values
 
 
