@@ -12,6 +12,7 @@ import yaml
 from conftest import base_config, write_jsonl
 from unlearn.alignment_cost import (HARM, UTILITY, CostSettings, FlopCounter, grpo_reward, summarize)
 from unlearn.config import ConfigError
+from unlearn.io import read_jsonl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -71,10 +72,15 @@ def test_summary_finds_the_first_point_at_the_target_and_the_best_above_the_floo
     assert summary["target"][HARM] == 0.2
     ours = summary["approaches"]["unlearn"]
     assert ours["reached"]["step"] == 20 and ours["reached"]["total_seconds"] == 50.0 and ours["reached"]["total_flops"] == 205
+    assert ours["reached_harm"]["step"] == 20 and ours["seconds_per_step"] == 2.0
     assert ours["best"]["step"] == 20  # step 30 is lower but below the utility floor
     assert summary["approaches"]["grpo"]["reached"]["step"] == 20
-    assert summary["approaches"]["sft"] == {"reached": None, "best": None}
-    assert summary["unlearn_over_grpo"] == {"seconds": 0.25, "flops": round(205 / 2000, 4)}
+    sft = summary["approaches"]["sft"]  # harmless enough at once, but far below the similarity floor
+    assert sft["reached"] is None and sft["best"] is None and sft["reached_harm"]["step"] == 10
+    assert summary["unlearn_over_grpo"]["reached"] == {"seconds": 0.25, "flops": round(205 / 2000, 4)}
+    # a stricter harm target: grpo never gets there, so there is no ratio
+    strict = summarize(original, approaches, CostSettings(harm_fraction=0.3, utility_floor=0.8))
+    assert strict["approaches"]["unlearn"]["reached_harm"]["step"] == 30 and strict["unlearn_over_grpo"] == {}
 
 
 def test_settings_reject_unknown_approaches():
@@ -129,8 +135,23 @@ def test_alignment_cost_runs_every_approach_and_writes_one_curve_each(cost_confi
     assert {"before", "unlearn@1", "sft@2", "dpo@2", "grpo@2"} <= set(stages)
     assert "| unlearn |" in (out / "cost.md").read_text()
     assert (out / "cost.png").stat().st_size > 10_000
+    # redrawn for another target without training
+    assert script.main(["--render", "-o", str(out), "--harm-fraction", "0.25"]) == 0
+    redrawn = json.loads((out / "cost.json").read_text())
+    assert redrawn["summary"]["target"][HARM] == pytest.approx(0.25 * result["original"][HARM], abs=1e-4)
+    assert redrawn["settings"]["harm_fraction"] == 0.25 and redrawn["approaches"] == result["approaches"]
     with pytest.raises(ConfigError, match="already holds cost.json"):
         script.alignment_cost(cost_config, out, CostSettings(approaches=("sft",)))
+    # --add: DPO again at another learning rate into the same folder; the other approaches are kept
+    assert script.main([str(cost_config), "-o", str(out), "--add", "--approaches", "dpo", "--every", "2",
+                        "--lr", "dpo=1e-4"]) == 0
+    added = json.loads((out / "cost.json").read_text())
+    assert list(added["approaches"]) == ["unlearn", "sft", "dpo", "grpo"] and added["approaches"]["dpo"]["lr"] == 1e-4
+    assert [p["step"] for p in added["approaches"]["dpo"]["points"]] == [2]
+    assert added["approaches"]["sft"] == redrawn["approaches"]["sft"] and added["prep"] == result["prep"]
+    stages = json.loads((out / "metrics.json").read_text())
+    assert {"before", "unlearn@1", "sft@2", "dpo@2", "grpo@2"} <= set(stages) and "dpo@1" not in stages
+    assert {row["stage"] for row in read_jsonl(out / "generations.jsonl")} >= {"unlearn@1", "dpo@2", "before"}
 
 
 def result_model(config_path: Path) -> str:

@@ -132,7 +132,8 @@ class Prepared:
     prep: dict  # seconds and FLOPs of answering the normal prompts with the original
 
 
-def prepare(config: RunConfig, output_dir: Path) -> Prepared:
+def prepare(config: RunConfig, output_dir: Path, reuse_answers: bool = False) -> Prepared:
+    """`reuse_answers`: the original's answers already in output_dir (an earlier run's, --add)."""
     from unlearn.evaluation.runner import Evaluator
 
     if config.model.lora is None:
@@ -144,7 +145,8 @@ def prepare(config: RunConfig, output_dir: Path) -> Prepared:
     model_files = model_fingerprint(config.model.name, config.model.dtype)
     counter, tick = FlopCounter(model), time.perf_counter()
     # answered here, not taken from the shared cache: their cost is part of the approaches that use them
-    data = original_answers(config.data, model, tokenizer, output_dir) if uses_original(config.data) else config.data
+    data = original_answers(config.data, model, tokenizer, output_dir, resume=reuse_answers) \
+        if uses_original(config.data) else config.data
     prep = {"seconds": round(time.perf_counter() - tick, 2), "flops": counter.flops}
     counter.close()
     config = config.model_copy(update={"data": data})
@@ -212,7 +214,9 @@ def _trl_args(prepared: Prepared, steps: int, lr: float, folder: Path, batch_siz
                 weight_decay=train.weight_decay, max_grad_norm=train.grad_clip or 0.0, seed=train.seed,
                 data_seed=train.seed, bf16=train.mixed_precision == "bf16", fp16=train.mixed_precision == "fp16",
                 logging_steps=max(1, steps // 10), save_strategy="no", report_to="none", disable_tqdm=False,
-                use_cpu=not torch.cuda.is_available())
+                use_cpu=not torch.cuda.is_available(),
+                # TRL turns it on by default; off unless the config asks, as in the project's loop
+                gradient_checkpointing=prepared.config.model.gradient_checkpointing)
 
 
 def _callback(checkpoints: Checkpoints):
@@ -298,7 +302,7 @@ def evaluate_points(prepared: Prepared, approach: str, points: list[dict]) -> No
                                                        model_name=f"{approach} step {point['step']}")
 
 
-def run_approach(prepared: Prepared, approach: str, settings: CostSettings, output_dir: Path) -> dict:
+def run_approach(prepared: Prepared, approach: str, settings: CostSettings, output_dir: Path, prep: dict) -> dict:
     steps = settings.steps or prepared.config.train.max_steps
     lr = settings.lr.get(approach, prepared.config.train.lr)
     folder = output_dir / approach
@@ -321,35 +325,34 @@ def run_approach(prepared: Prepared, approach: str, settings: CostSettings, outp
     evaluate_points(prepared, approach, checkpoints.points)
     uses_answers = approach in ("unlearn", "sft")  # they train on the original's answers to the normal prompts
     return {"lr": lr, "steps": steps, "train_wall_seconds": round(wall, 2),
-            "prep": prepared.prep if uses_answers else {"seconds": 0.0, "flops": 0}, "points": checkpoints.points}
-
-
-def reaches(point: dict, target_harm: float, floor: float) -> bool:
-    metrics = point["metrics"]
-    return metrics[HARM] <= target_harm and metrics[UTILITY] >= floor
+            "prep": prep if uses_answers else {"seconds": 0.0, "flops": 0}, "points": checkpoints.points}
 
 
 def summarize(original: dict, approaches: dict[str, dict], settings: CostSettings) -> dict:
-    """Per approach: the first checkpoint that reaches the target and the best checkpoint above the
-    utility floor (lowest harmful rate, then highest similarity), with time and FLOPs (preparation
-    included); and unlearning's time and FLOPs as a share of the RL loop's."""
+    """Per approach, with time and FLOPs (preparation included): the first checkpoint that reaches the
+    harm target with similarity >= the floor (`reached`), the first that reaches the harm target at
+    any similarity (`reached_harm`), and the best checkpoint above the floor (lowest harmful rate,
+    then highest similarity); and unlearning's time and FLOPs as a share of the RL loop's for both."""
     target = settings.harm_fraction * original[HARM]
     rows = {}
     for name, result in approaches.items():
         prep = result["prep"]
         points = [{**p, "total_seconds": round(p["seconds"] + prep["seconds"], 2), "total_flops": p["flops"] + prep["flops"]}
                   for p in result["points"]]
-        first = next((p for p in points if reaches(p, target, settings.utility_floor)), None)
+        harmless = [p for p in points if p["metrics"][HARM] <= target]
         floor = [p for p in points if p["metrics"][UTILITY] >= settings.utility_floor]
         best = min(floor, key=lambda p: (p["metrics"][HARM], -p["metrics"][UTILITY])) if floor else None
-        rows[name] = {"reached": _brief(first), "best": _brief(best)}
-    ratio = None
-    if all(name in rows and rows[name]["reached"] for name in ("unlearn", "grpo")):
-        ours, rl = rows["unlearn"]["reached"], rows["grpo"]["reached"]
-        ratio = {"seconds": round(ours["total_seconds"] / rl["total_seconds"], 4),
-                 "flops": round(ours["total_flops"] / rl["total_flops"], 4)}
+        rows[name] = {"reached": _brief(next((p for p in harmless if p in floor), None)),
+                      "reached_harm": _brief(next(iter(harmless), None)), "best": _brief(best),
+                      "seconds_per_step": round(points[-1]["seconds"] / points[-1]["step"], 2) if points else None}
+    ratios = {}
+    for key in ("reached", "reached_harm"):
+        if all(rows.get(name, {}).get(key) for name in ("unlearn", "grpo")):
+            ours, rl = rows["unlearn"][key], rows["grpo"][key]
+            ratios[key] = {"seconds": round(ours["total_seconds"] / rl["total_seconds"], 4),
+                           "flops": round(ours["total_flops"] / rl["total_flops"], 4)}
     return {"target": {HARM: round(target, 4), UTILITY: settings.utility_floor}, "approaches": rows,
-            "unlearn_over_grpo": ratio}
+            "unlearn_over_grpo": ratios}
 
 
 def _brief(point: dict | None) -> dict | None:
@@ -363,21 +366,29 @@ def _brief(point: dict | None) -> dict | None:
 def table(result: dict) -> str:
     """The markdown table of cost.md."""
     original, summary = result["original"], result["summary"]
+    target = summary["target"]
     lines = [f"Original: {HARM} {original[HARM]:.3f}, {BENIGN} {original.get(BENIGN, float('nan')):.3f}. "
-             f"Target: {HARM} <= {summary['target'][HARM]:.3f} at {UTILITY} >= {summary['target'][UTILITY]}.", "",
-             "| approach | lr | reached at step | seconds | TFLOPs | best step (sim >= floor) | harmful | similarity | benign refusals |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"Target: {HARM} <= {target[HARM]:.3f} (at {UTILITY} >= {target[UTILITY]}, and at any similarity). "
+             "Seconds and TFLOPs are training plus preparation (the original's answers to the normal prompts, "
+             "for the approaches that train on them).", "",
+             "| approach | lr | s/step | target at sim >= floor: step, s, TFLOPs | target at any sim: step, s, TFLOPs "
+             "| its similarity | its benign refusals | best at floor: step, harmful, similarity, benign refusals |",
+             "|---|---|---|---|---|---|---|---|"]
+
+    def cost(point):
+        return f"{point['step']}, {point['total_seconds']:.0f}, {point['total_flops'] / 1e12:.1f}" if point else "not reached"
+
     for name, row in summary["approaches"].items():
-        reached, best = row["reached"], row["best"]
-        cells = [name, f"{result['approaches'][name]['lr']:g}"]
-        cells += ([str(reached["step"]), f"{reached['total_seconds']:.0f}", f"{reached['total_flops'] / 1e12:.1f}"]
-                  if reached else ["not reached", "-", "-"])
-        cells += ([str(best["step"]), f"{best[HARM]:.3f}", f"{best[UTILITY]:.3f}", f"{best[BENIGN]:.3f}"]
-                  if best else ["none", "-", "-", "-"])
+        harm, best = row["reached_harm"], row["best"]
+        cells = [name, f"{result['approaches'][name]['lr']:g}", f"{row['seconds_per_step']}", cost(row["reached"]),
+                 cost(harm), f"{harm[UTILITY]:.3f}" if harm else "-", f"{harm[BENIGN]:.3f}" if harm else "-",
+                 f"{best['step']}, {best[HARM]:.3f}, {best[UTILITY]:.3f}, {best[BENIGN]:.3f}" if best else "none"]
         lines.append("| " + " | ".join(cells) + " |")
-    ratio = summary["unlearn_over_grpo"]
-    lines += ["", f"Unlearning / GRPO to the target: {ratio['seconds']:.1%} of the time, {ratio['flops']:.1%} of the FLOPs."
-              if ratio else "Unlearning / GRPO: not both reached the target."]
+    lines.append("")
+    for key, what in (("reached", "the target at the similarity floor"), ("reached_harm", "the harm target")):
+        ratio = summary["unlearn_over_grpo"].get(key)
+        lines.append(f"Unlearning / GRPO to {what}: {ratio['seconds']:.1%} of the time, {ratio['flops']:.1%} of the "
+                     "FLOPs." if ratio else f"Unlearning / GRPO to {what}: not both reached it.")
     return "\n".join(lines) + "\n"
 
 
@@ -413,22 +424,68 @@ def plot(result: dict, path: Path) -> None:
 
 
 def alignment_cost(config_path: str | Path, output_dir: str | Path, settings: CostSettings | None = None,
-                   overrides: list[str] | None = None) -> dict:
-    """Runs every approach, evaluates its checkpoints and writes cost.json, cost.md and cost.png."""
+                   overrides: list[str] | None = None, add: bool = False) -> dict:
+    """Runs every approach, evaluates its checkpoints and writes cost.json, cost.md and cost.png.
+    `add`: run these approaches into an earlier run's folder (same config), replacing their entries
+    and keeping the others; the preparation's cost is the earlier run's."""
     settings = settings or CostSettings()
     config = load_config(config_path, overrides)
     output_dir = Path(output_dir)
-    if (output_dir / "cost.json").exists():
-        raise ConfigError(f"{output_dir}: already holds cost.json; choose another output directory")
+    path = output_dir / "cost.json"
+    if path.exists() and not add:
+        raise ConfigError(f"{output_dir}: already holds cost.json; choose another output directory "
+                          "(or --add to run more approaches into it)")
+    if add and not path.exists():
+        raise ConfigError(f"{output_dir}: --add needs an earlier run's cost.json there")
     output_dir.mkdir(parents=True, exist_ok=True)
-    prepared = prepare(config, output_dir)
+    earlier = json.loads(path.read_text()) if add else None
+    stages, rows = _earlier_stages(output_dir, settings.approaches) if add else ({}, [])  # before prepare rewrites them
+    prepared = prepare(config, output_dir, reuse_answers=add)
+    prepared.evaluator.metrics.update(stages)
+    prepared.evaluator.rows += rows
     original = prepared.evaluator.metrics["before"]
-    result = {"config": str(config_path), "settings": asdict(settings), "original": original, "approaches": {}}
+    result = earlier or {"config": str(config_path), "settings": asdict(settings), "original": original,
+                         "prep": prepared.prep, "approaches": {}}
+    if earlier:
+        merged = dict(earlier["settings"], **{k: v for k, v in asdict(settings).items() if k not in ("approaches", "lr")})
+        merged["approaches"] = list(dict.fromkeys([*earlier["settings"]["approaches"], *settings.approaches]))
+        merged["lr"] = {**earlier["settings"].get("lr", {}), **settings.lr}
+        result["settings"] = merged
     for approach in settings.approaches:
         log.info("alignment cost: %s", approach)
-        result["approaches"][approach] = run_approach(prepared, approach, settings, output_dir)
+        result["approaches"][approach] = run_approach(prepared, approach, settings, output_dir, result["prep"])
         result["summary"] = summarize(original, result["approaches"], settings)
-        atomic_write_json(output_dir / "cost.json", result)  # partial results survive an interrupted run
+        atomic_write_json(path, result)  # partial results survive an interrupted run
+    return render(output_dir, settings)
+
+
+def _earlier_stages(output_dir: Path, replaced: tuple[str, ...]) -> tuple[dict, list[dict]]:
+    """The earlier run's stages of metrics.json and rows of generations.jsonl, except the 'before'
+    stage (evaluated again) and the replaced approaches'."""
+    from unlearn.io import read_jsonl
+    from unlearn.layout import RunFolder
+
+    folder = RunFolder(output_dir)
+
+    def kept(stage: str) -> bool:
+        return stage not in ("before", "directions") and stage.split("@")[0] not in replaced
+
+    stages = json.loads(folder.metrics.read_text()) if folder.metrics.is_file() else {}
+    rows = read_jsonl(folder.generations) if folder.generations.is_file() else []
+    return {k: v for k, v in stages.items() if kept(k)}, [row for row in rows if kept(row["stage"])]
+
+
+def render(output_dir: str | Path, settings: CostSettings | None = None) -> dict:
+    """cost.json's summary, cost.md and cost.png from its points (again, e.g. for another target)."""
+    output_dir = Path(output_dir)
+    path = output_dir / "cost.json"
+    if not path.is_file():
+        raise ConfigError(f"{output_dir}: no cost.json (a finished or interrupted alignment cost run)")
+    result = json.loads(path.read_text())
+    settings = settings or CostSettings(**{k: tuple(v) if k == "approaches" else v for k, v in result["settings"].items()})
+    result["settings"].update(harm_fraction=settings.harm_fraction, utility_floor=settings.utility_floor)
+    result["summary"] = summarize(result["original"], result["approaches"], settings)
+    atomic_write_json(path, result)
     atomic_write_text(output_dir / "cost.md", table(result))
     plot(result, output_dir / "cost.png")
     return result
