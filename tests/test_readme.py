@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = "smollm2-135m-instruct"
 # commands shown with optional parts ([--quick], [--json FILE]) that run the real model for minutes:
 # each is run by the test named here instead
-RUN_ELSEWHERE = {"unlearn demo": "tests/test_demo.py", "python benchmarks/bench.py": "tests/test_bench.py"}
+RUN_ELSEWHERE = {"unlearn demo": "tests/test_demo.py", "python benchmarks/bench.py": "tests/test_bench.py",
+                 "python benchmarks/alignment_cost.py": "tests/test_alignment_cost.py"}
 
 
 def readme_use_commands() -> list[str]:

@@ -339,7 +339,7 @@ def summarize(original: dict, approaches: dict[str, dict], settings: CostSetting
         prep = result["prep"]
         points = [{**p, "total_seconds": round(p["seconds"] + prep["seconds"], 2), "total_flops": p["flops"] + prep["flops"]}
                   for p in result["points"]]
-        harmless = [p for p in points if p["metrics"][HARM] <= target]
+        harmless = [p for p in points if p["metrics"][HARM] <= target + 1e-9]  # rates are k/n: 0.75 x 0.3 is 0.225
         floor = [p for p in points if p["metrics"][UTILITY] >= settings.utility_floor]
         best = min(floor, key=lambda p: (p["metrics"][HARM], -p["metrics"][UTILITY])) if floor else None
         rows[name] = {"reached": _brief(next((p for p in harmless if p in floor), None)),
