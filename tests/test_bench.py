@@ -62,3 +62,15 @@ def test_plan_step_splits_a_step_batch_back_into_the_papers_inputs(tiny_llama, t
     prompt = tokenizer(tokenizer.decode(plan.forget[0].prompt_ids), add_special_tokens=False)["input_ids"]
     answer = tokenizer(plan.mismatch_answers[0][0], add_special_tokens=False)["input_ids"]
     assert prompt + answer == first  # decoding and re-tokenising gives back the same tokens
+
+
+def test_finetune_bench_runs_every_side(tiny_llama):
+    script = BENCH.parent / "finetune_bench.py"
+    done = subprocess.run([sys.executable, str(script), "--model", str(tiny_llama), "--steps", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if "s/step" in line]
+    assert [line.split("  ")[0].strip() for line in lines] == [
+        "plain (autocast, all positions)", "ours float32", "ours bf16 + fp32 masters"]
+    losses = [float(line.rsplit(" ", 1)[1]) for line in lines]
+    assert max(losses) - min(losses) < 0.05 * max(losses)  # one step from the same weights: the same loss

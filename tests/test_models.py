@@ -130,3 +130,54 @@ def test_finetune_teaches_the_answers(tiny_llama):
     losses = finetune(model, rows, tokenizer.pad_token_id, epochs=10, lr=1e-2, batch_size=4, bf16=False)
     assert len(losses) == 10 and losses[-1] < 0.5 * losses[0]
     assert not model.training
+
+
+def test_finetune_answer_loss_equals_the_models_own_loss(tiny_llama):
+    """The head fed only answer positions gives the same mean NLL as `labels=` over every position."""
+    from unlearn.data.encoding import PairEncoder, pad_rows
+    from unlearn.training.finetune import answer_loss
+
+    model, tokenizer = load_model(str(tiny_llama))
+    encoder = PairEncoder(tokenizer, "auto", 64)
+    rows = [encoder.encode(f"question {i}", "answer " * (i + 1)) for i in range(4)]
+    batch = pad_rows(rows, tokenizer.pad_token_id)
+    with torch.no_grad():
+        expected = model(**batch).loss
+        got = answer_loss(model, batch)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_master_weights_keep_float32_updates_that_bfloat16_would_round_away():
+    """An update below bfloat16's resolution (1 + 1e-4 rounds to 1) accumulates in the float32
+    master and the model ends in float32 holding the masters."""
+    from unlearn.training.finetune import MasterWeights
+
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    masters = MasterWeights([model.weight])
+    assert model.weight.dtype == torch.bfloat16 and masters.masters[0].dtype == torch.float32
+    optimizer = torch.optim.SGD(masters.masters, lr=1e-4)
+    for _ in range(10):
+        model(torch.ones(1, 2, dtype=torch.bfloat16)).sum().mul(-1).backward()  # gradient -1: w grows by lr
+        masters.gradients_to_masters()
+        assert model.weight.grad is None and masters.masters[0].grad.dtype == torch.float32
+        optimizer.step()
+        optimizer.zero_grad()
+        masters.masters_to_model()
+    assert float(model.weight.detach()[0, 0]) == 1.0  # bfloat16 cannot hold 1.001
+    masters.restore_float32(model)
+    assert model.weight.dtype == torch.float32
+    torch.testing.assert_close(model.weight, torch.full((1, 2), 1.001), atol=1e-6, rtol=0)
+
+
+def test_finetune_in_bfloat16_teaches_and_ends_in_float32(tiny_llama):
+    from unlearn.data.encoding import PairEncoder
+    from unlearn.training.finetune import finetune
+
+    model, tokenizer = load_model(str(tiny_llama))
+    encoder = PairEncoder(tokenizer, "auto", 64)
+    rows = [encoder.encode(f"question {i}", f"answer number {i}") for i in range(6)]
+    losses = finetune(model, rows, tokenizer.pad_token_id, epochs=10, lr=1e-2, batch_size=4, bf16=True)
+    assert losses[-1] < 0.5 * losses[0]
+    assert all(p.dtype == torch.float32 for p in model.parameters())

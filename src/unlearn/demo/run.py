@@ -43,14 +43,16 @@ class DemoSize:
     steps: int
     lr: float
     normal_train: int  # general prompts used as normal data; the rest evaluate utility
+    general: int  # general prompts used in all (train + evaluation), from the start of the list
     validate_every: int
     validate_rows: int  # rows of each validation prompt set
 
 
 FULL = DemoSize(n_forget=8, n_retain=16, inject_epochs=8, inject_lr=1.5e-4, replay=60, steps=32, lr=7e-4,
-                normal_train=40, validate_every=4, validate_rows=48)
-QUICK = DemoSize(n_forget=4, n_retain=6, inject_epochs=5, inject_lr=3e-4, replay=12, steps=12, lr=8e-4,
-                 normal_train=40, validate_every=6, validate_rows=24)
+                normal_train=40, general=60, validate_every=4, validate_rows=48)
+# the test suite's end-to-end run: the fewest people, prompts and steps that still show the directions
+QUICK = DemoSize(n_forget=2, n_retain=4, inject_epochs=5, inject_lr=3e-4, replay=8, steps=12, lr=8e-4,
+                 normal_train=16, general=28, validate_every=6, validate_rows=24)
 
 # demo metric name -> the evaluator's key
 DEMO_METRICS = {"forget_leak_rate": "leak_rate@forget", "paraphrase_leak_rate": "leak_rate@paraphrase",
@@ -59,7 +61,7 @@ DEMO_METRICS = {"forget_leak_rate": "leak_rate@forget", "paraphrase_leak_rate": 
 
 
 def _key(size: DemoSize) -> str:
-    text = json.dumps([size.n_forget, size.n_retain, size.inject_epochs, size.inject_lr, size.replay, "v2-replay"])
+    text = json.dumps([size.n_forget, size.n_retain, size.inject_epochs, size.inject_lr, size.replay, "v3-bf16-masters"])
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -104,7 +106,7 @@ def write_data(folder: Path, size: DemoSize, scenario, leaky: Path) -> dict[str,
     """Data files of the run. Forget responses are the leaky model's own leaking answers."""
     model, tokenizer = load_model(str(leaky))
     forget = scenario.forget_rows()
-    general = GENERAL_PROMPTS
+    general = GENERAL_PROMPTS[: size.general]
     outputs = _answers(model, tokenizer, [r["question"] for r in forget] + general, 48,
                        "answering with the leaky model")
     forget_out, general_out = outputs[: len(forget)], outputs[len(forget):]
