@@ -1,6 +1,8 @@
 """Objectives against hand-computed values, the method registry, and the exactness of the forward."""
 from __future__ import annotations
 
+import dataclasses
+
 import math
 
 import pytest
@@ -273,6 +275,25 @@ def test_rerouting_and_hidden_retain_by_hand():
     same = StepOutputs(original, original, 0.0)
     assert loss("rr_reroute", same, rr_layers=[0], rr_alpha=1.0) == pytest.approx(1.0, rel=1e-6)
     assert loss("retain_hidden", same, rr_layers=[0, 1]) == 0.0
+
+
+def test_centred_rerouting_by_hand():
+    """rr_center: cosines after subtracting the original's mean over the forget answer tokens. Layer 0:
+    original answer states [1,0], [0,-1], [3,4] -> mean m = [4/3, 1]; current [1,0], [0,1], [3,4].
+    Minus m: tokens 1 and 3 are unchanged (cos 1); token 2: current [-4/3, 0] against original
+    [-4/3, -2]: cos = (16/9) / (4/3 * sqrt(52)/3) = 4/sqrt(52)."""
+    current, original = rr_passes()
+    start = StepOutputs(current, original, 0.0)
+    expected = (1 + 4 / math.sqrt(52) + 1) / 3
+    assert loss("rr_reroute", start, rr_layers=[0], rr_alpha=1.0, rr_center=True) == pytest.approx(expected, rel=1e-6)
+    # uncentred, the same tokens give 2/3 (token 2: cos([0,1], [0,-1]) = -1 -> 0)
+    assert loss("rr_reroute", start, rr_layers=[0], rr_alpha=1.0) == pytest.approx(2 / 3, rel=1e-6)
+    # a shared offset on every state (a massive dimension) leaves the centred term unchanged
+    shifted = {layer: h + torch.tensor([100.0, 0.0]) for layer, h in current.hidden.items()}
+    shifted_original = {layer: h + torch.tensor([100.0, 0.0]) for layer, h in original.hidden.items()}
+    moved = StepOutputs(dataclasses.replace(current, hidden=shifted), dataclasses.replace(original, hidden=shifted_original))
+    assert loss("rr_reroute", moved, rr_layers=[0], rr_alpha=1.0, rr_center=True) == pytest.approx(expected, rel=1e-5)
+    assert loss("rr_reroute", moved, rr_layers=[0], rr_alpha=1.0) > 0.99  # uncentred: the offset dominates
 
 
 def test_dpo_against_refusals_by_hand():

@@ -128,6 +128,7 @@ class MethodConfig(Strict):
     rmu_steering: float = Field(6.5, gt=0)
     rr_layers: list[int] | None = Field(None, min_length=1)  # rr / retain_hidden (default: a third, two thirds up)
     rr_alpha: float = Field(5.0, gt=0)  # rr: the schedule's scale a (published 5-10)
+    rr_center: bool = False  # rr: cosines of states minus the original's mean answer state (not the raw states)
     dpo_beta: float = Field(0.1, gt=0)
 
     @field_validator("weights")
