@@ -69,6 +69,20 @@ def test_lora_with_adapters_disabled_is_the_original(arch, request):
         assert reference is copy
 
 
+def test_lora_init_noise_gives_a_seeded_random_start(tiny_llama):
+    def lora_b(noise):
+        model, _ = load_model(str(tiny_llama))
+        model = apply_lora(model, LoraConfig(r=4, alpha=8, init_noise=noise))
+        return torch.cat([p.flatten() for n, p in model.named_parameters() if "lora_B" in n]), model
+
+    zero, _ = lora_b(0.0)
+    assert torch.count_nonzero(zero) == 0  # peft's start: the original exactly
+    noisy, model = lora_b(1e-3)
+    assert noisy.std().item() == pytest.approx(1e-3, rel=0.1)
+    torch.testing.assert_close(lora_b(1e-3)[0], noisy, atol=0, rtol=0)  # seeded: the same start every run
+    assert all(p.requires_grad for n, p in model.named_parameters() if "lora_B" in n)
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "opt"])
 def test_lora_run_saves_merged_and_adapter_that_reload_as_trained(arch, request, qa_files, tmp_path):
     folder = request.getfixturevalue(f"tiny_{arch}")

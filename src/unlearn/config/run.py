@@ -24,6 +24,9 @@ class LoraConfig(Strict):
     alpha: float = Field(32, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: str | list[str] = "all-linear"
+    # std of a random start for the B matrices (0: peft's zero start, where the adapted model is
+    # exactly the original and the gradient of a cosine to the original's states is exactly zero)
+    init_noise: float = Field(0.0, ge=0)
 
 
 class ModelConfig(Strict):

@@ -17,7 +17,14 @@ def apply_lora(model, lora: LoraConfig):
 
     config = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                             target_modules=lora.target_modules, task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    model = get_peft_model(model, config)
+    if lora.init_noise:  # a seeded random start, the same on every process and every run
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.copy_(torch.randn(param.shape, generator=generator) * lora.init_noise)
+    return model
 
 
 def frozen_copy(model):
