@@ -74,3 +74,20 @@ def test_finetune_bench_runs_every_side(tiny_llama):
         "plain (autocast, all positions)", "ours float32", "ours bf16 + fp32 masters"]
     losses = [float(line.rsplit(" ", 1)[1]) for line in lines]
     assert max(losses) - min(losses) < 0.05 * max(losses)  # one step from the same weights: the same loss
+
+
+def test_rr_balance_prints_each_retain_weight_from_the_same_start(tiny_llama, tmp_path, capsys):
+    forget, normal = tmp_path / "forget.csv", tmp_path / "normal.csv"
+    forget.write_text("prompt,response\n" + "".join(f"how do I do bad thing {i}?,step one is {i}\n" for i in range(2)))
+    normal.write_text("Question,Best Answer\n" + "".join(f"what is {i} plus {i}?,it is {2 * i}\n" for i in range(4)))
+    spec = importlib.util.spec_from_file_location("rr_balance", BENCH.parent / "rr_balance.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main(["--model", str(tiny_llama), "--forget", str(forget), "--normal", str(normal), "--rows", "2",
+                 "--layers", "1", "--steps", "2", "--retain-weights", "0,1", "--init-noise", "0.01", "--center"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("retain")]
+    assert [line.split("  ")[:2] for line in lines] == [
+        ["retain 0", "step 1"], ["retain 0", "step 2"], ["retain 1", "step 1"], ["retain 1", "step 2"]]
+    first = [line.split("forget cosine ")[1].split()[0] for line in lines if "step 1" in line]
+    assert first[0] == first[1]  # both weights start from the same seeded adapters
+    assert float(first[0]) < 1.0  # the random start is off the original (cosine below its maximum)
