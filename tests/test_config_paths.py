@@ -40,3 +40,11 @@ def test_a_local_model_folder_is_found_beside_the_config(tiny_llama, qa_files, t
     raw["model"]["name"] = "smollm2-135m-instruct"  # an alias stays an alias
     (folder / "alias.yaml").write_text(yaml.safe_dump(raw))
     assert load_config(folder / "alias.yaml").model.name == "smollm2-135m-instruct"
+
+
+def test_an_unquoted_no_for_mixed_precision_means_no(tiny_llama, qa_files, tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(base_config(tiny_llama, qa_files)).replace("train:\n", "train:\n  mixed_precision: no\n"))
+    assert yaml.safe_load(path.read_text())["train"]["mixed_precision"] is False  # what YAML makes of it
+    assert load_config(path).train.mixed_precision == "no"
+    assert load_config(path, ["train.mixed_precision=no"]).train.mixed_precision == "no"

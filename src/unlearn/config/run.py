@@ -177,6 +177,11 @@ class TrainConfig(Strict):
     def _one_or_many(cls, value):
         return [value] if isinstance(value, str) else value
 
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _unquoted_no(cls, value):
+        return "no" if value is False else value  # YAML reads a bare `no` as false
+
     @model_validator(mode="after")
     def _projection(self):
         if self.project_conflicts and self.mixed_precision == "fp16":
