@@ -38,6 +38,7 @@ from unlearn.evaluation.cache import model_fingerprint
 from unlearn.evaluation.metrics import REFUSAL_PHRASES, is_refusal
 from unlearn.io import atomic_write_json, atomic_write_text
 from unlearn.models.loading import load_model
+from unlearn.models.precision import resolve_mixed_precision
 from unlearn.models.prepare import apply_lora, num_layers
 from unlearn.objectives.methods import DEFAULT_REFUSALS
 from unlearn.objectives.resolve import resolve_method
@@ -209,10 +210,11 @@ def _trl_args(prepared: Prepared, steps: int, lr: float, folder: Path, batch_siz
     """TrainingArguments every TRL approach shares: the project loop's optimizer settings (AdamW, no
     weight decay, linear decay without warm-up, gradient clipping), its seed and precision."""
     train = prepared.config.train
+    precision = resolve_mixed_precision(train.mixed_precision)
     return dict(output_dir=str(folder), max_steps=steps, learning_rate=lr, per_device_train_batch_size=batch_size,
                 gradient_accumulation_steps=1, lr_scheduler_type="linear", warmup_steps=train.warmup_steps,
                 weight_decay=train.weight_decay, max_grad_norm=train.grad_clip or 0.0, seed=train.seed,
-                data_seed=train.seed, bf16=train.mixed_precision == "bf16", fp16=train.mixed_precision == "fp16",
+                data_seed=train.seed, bf16=precision == "bf16", fp16=precision == "fp16",
                 logging_steps=max(1, steps // 10), save_strategy="no", report_to="none", disable_tqdm=False,
                 use_cpu=not torch.cuda.is_available(),
                 # TRL turns it on by default; off unless the config asks, as in the project's loop

@@ -155,6 +155,9 @@ def finetune_command(
         prompt_tokens: int = typer.Option(32, "--prompt-tokens", help="Plain text: prompt tokens per window."),
         template: str = typer.Option("auto", "--template", help="As data.template (plain text is always raw)."),
         max_length: int = typer.Option(256, "--max-length", help="Prompt + answer tokens per row."),
+        precision: str = typer.Option("auto", "--precision", help="auto | bf16 | float32: bf16 weights with "
+                                      "float32 masters, or float32; auto: bf16 where the device multiplies it "
+                                      "natively."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace the contents of a non-empty OUTPUT_DIR."),
         trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
         allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (*.bin) weights.")):
@@ -165,7 +168,7 @@ def finetune_command(
     defaults = {"prompt": prompt, "response": response, "window_tokens": window_tokens, "prompt_tokens": prompt_tokens}
     result = run_finetune(model, data, output_dir, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                       template=template, max_length=max_length, source_defaults=defaults, overwrite=overwrite,
-                      trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+                      trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, precision=precision)
     losses = ", ".join(f"{x:.3f}" for x in result.epoch_losses)
     console.print(f"[bold]done[/bold]: {result.rows} rows, {len(result.epoch_losses)} epochs in "
                   f"{result.seconds:.0f} s; loss per epoch: {losses}")

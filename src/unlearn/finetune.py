@@ -30,6 +30,9 @@ from unlearn.models.loading import check_causal_lm, check_weights, resolve_sourc
 log = logging.getLogger(__name__)
 
 
+PRECISIONS = ("auto", "bf16", "float32")  # auto: bf16 where the device multiplies it natively
+
+
 class FinetuneError(InputError):
     pass
 
@@ -95,7 +98,7 @@ def encode_rows(source: SourceConfig, tokenizer, template: str, max_length: int)
 def run_finetune(model: str, data: list[str | dict | SourceConfig], output_dir: str | Path, *, epochs: int,
              lr: float, batch_size: int = 8, seed: int = 0, template: str = "auto", max_length: int = 256,
              source_defaults: dict | None = None, overwrite: bool = False, trust_remote_code: bool = False,
-             allow_pickle: bool = False) -> FinetuneResult:
+             allow_pickle: bool = False, precision: str = "auto") -> FinetuneResult:
     """Full fine-tune of `model` on every row of `data`, saved to `output_dir` (a Hugging Face
     folder). Mirrors `unlearn finetune`; bad input fails before any weights are loaded."""
     output_dir = Path(output_dir)
@@ -104,6 +107,8 @@ def run_finetune(model: str, data: list[str | dict | SourceConfig], output_dir: 
             raise FinetuneError(f"{name} must be positive, got {value}")
     if not data:
         raise FinetuneError("no --data given")
+    if precision not in PRECISIONS:
+        raise FinetuneError(f"--precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
     try:
         DataConfig._template(template)  # the config's own check of data.template
     except ValueError as exc:
@@ -122,6 +127,7 @@ def run_finetune(model: str, data: list[str | dict | SourceConfig], output_dir: 
     check_output_dir(output_dir, inputs, overwrite)
 
     from unlearn.models.loading import load_model, load_tokenizer
+    from unlearn.models.precision import native_bf16
     from unlearn.training.finetune import finetune
 
     started = time.perf_counter()
@@ -130,7 +136,9 @@ def run_finetune(model: str, data: list[str | dict | SourceConfig], output_dir: 
     net, tokenizer = load_model(model, "float32", trust_remote_code, allow_pickle)
     log.info("fine-tuning on %d rows (%d answer tokens) for %d epochs", len(rows),
              sum(len(r.answer_ids) for r in rows), epochs)
-    losses = finetune(net, rows, tokenizer.pad_token_id, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+    bf16 = native_bf16() if precision == "auto" else precision == "bf16"
+    losses = finetune(net, rows, tokenizer.pad_token_id, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                      bf16=bf16)
     seconds = time.perf_counter() - started
     with atomic_dir(output_dir) as tmp:
         net.save_pretrained(tmp, safe_serialization=True)
@@ -140,5 +148,6 @@ def run_finetune(model: str, data: list[str | dict | SourceConfig], output_dir: 
         atomic_write_json(tmp / "finetune.json", {
             "model": model, "data": [s.model_dump(include=read) for s in sources], "template": template,
             "max_length": max_length, "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed,
-            "rows": len(rows), "epoch_losses": [round(x, 5) for x in losses], "seconds": round(seconds, 1)})
+            "precision": "bf16" if bf16 else "float32", "rows": len(rows),
+            "epoch_losses": [round(x, 5) for x in losses], "seconds": round(seconds, 1)})
     return FinetuneResult(output_dir, losses, len(rows), seconds)

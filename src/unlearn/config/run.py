@@ -160,7 +160,8 @@ class TrainConfig(Strict):
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float | None = Field(1.0, gt=0)
     grad_accum: int = Field(1, gt=0)
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    # auto: bf16 where the device multiplies it natively (models/precision.py), else float32
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "no"
     stop_forget_nll: float | None = Field(None, gt=0)
     stop_extra_steps: int = Field(0, ge=0)
     save_every: int | None = Field(None, gt=0)

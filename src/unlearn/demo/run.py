@@ -25,6 +25,7 @@ from unlearn.demo.scenario import GENERAL_PROMPTS, make_scenario
 from unlearn.evaluation.generation import generate
 from unlearn.io import atomic_dir, atomic_write_json, atomic_write_jsonl
 from unlearn.models.loading import cache_dir, load_model
+from unlearn.models.precision import native_bf16
 from unlearn.layout import RunFolder
 from unlearn.run import run
 from unlearn.training.finetune import finetune
@@ -61,7 +62,8 @@ DEMO_METRICS = {"forget_leak_rate": "leak_rate@forget", "paraphrase_leak_rate": 
 
 
 def _key(size: DemoSize) -> str:
-    text = json.dumps([size.n_forget, size.n_retain, size.inject_epochs, size.inject_lr, size.replay, "v3-bf16-masters"])
+    precision = "v3-bf16-masters" if native_bf16() else "v3-float32"  # what finetune runs at on this device
+    text = json.dumps([size.n_forget, size.n_retain, size.inject_epochs, size.inject_lr, size.replay, precision])
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -145,7 +147,7 @@ def demo_config(model: Path, paths: dict[str, Path], size: DemoSize) -> dict:
         },
         "method": {"name": "paper", "mismatch_k": 2, "weights": {"kl_to_original": 3.0}},
         "train": {"lr": size.lr, "batch_size": 4, "normal_batch_size": 8, "max_steps": size.steps, "seed": 8888,
-                  "mixed_precision": "bf16", "save_every": size.validate_every},
+                  "mixed_precision": "auto", "save_every": size.validate_every},
         "output": {"save": "merged"},
         "eval": {
             "generation": {"max_new_tokens": 32, "batch_size": 32},

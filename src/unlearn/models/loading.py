@@ -163,6 +163,11 @@ def load_model(name: str, dtype: str = "float32", trust_remote_code: bool = Fals
     folder = local_folder(name)
     check_weights(folder, allow_pickle)
     check_causal_lm(name, folder, trust_remote_code)
+    if dtype == "bfloat16":
+        from unlearn.models.precision import native_bf16, warn_emulated
+
+        if not native_bf16():
+            warn_emulated()
     try:
         model = AutoModelForCausalLM.from_pretrained(
             folder, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,

@@ -22,6 +22,8 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType
 
+from unlearn.models.precision import resolve_mixed_precision
+
 log = logging.getLogger(__name__)
 
 # types whose parameters live in shards: every process must run the same number of forwards
@@ -30,8 +32,10 @@ SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
 def make_accelerator(mixed_precision: str, trackers: list[str] = (), logs: Path | None = None) -> Accelerator:
-    """The run's Accelerator; `trackers` (train.report_to) log into the folder `logs`."""
+    """The run's Accelerator (`mixed_precision` may be "auto"); `trackers` (train.report_to) log into
+    the folder `logs`."""
     warn_single_process_launch()
+    mixed_precision = resolve_mixed_precision(mixed_precision)
     # accelerate keeps one state per process and refuses a second precision: runs in one Python
     # process (the demo after a bf16 run, a test session) each set their own; the process group stays
     AcceleratorState._reset_state(reset_partial_state=False)

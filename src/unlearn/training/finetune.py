@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from unlearn.data.encoding import IGNORE, Encoded, pad_rows
+from unlearn.models.precision import native_bf16
 from unlearn.objectives.forward import head_on
 from unlearn.training.loop import adamw
 from unlearn.ui import progress
@@ -57,9 +58,12 @@ def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def finetune(model, rows: list[Encoded], pad_id: int, *, epochs: int, lr: float = 1e-4, batch_size: int = 16,
-             seed: int = 0, bf16: bool = True, description: str = "fine-tuning") -> list[float]:
+             seed: int = 0, bf16: bool | None = None, description: str = "fine-tuning") -> list[float]:
     """Full fine-tune with AdamW on answer-token NLL; returns the mean loss of each epoch.
-    bf16: bfloat16 weights in the forward and backward, float32 masters in AdamW (CPU and CUDA)."""
+    bf16: bfloat16 weights in the forward and backward, float32 masters in AdamW (CPU and CUDA);
+    None: where the device multiplies bf16 natively (elsewhere float32 is faster)."""
+    if bf16 is None:
+        bf16 = native_bf16()
     torch.manual_seed(seed)
     order_rng = random.Random(seed)
     params = [p for p in model.parameters() if p.requires_grad]
