@@ -73,3 +73,22 @@ def test_data_set_folders_are_part_of_the_key():
 
     settings = {"data": {"forget": {"dataset": "saved/forget_set"}, "normal": [{"path": "normal.csv"}]}}
     assert sorted(_paths(settings)) == ["normal.csv", "saved/forget_set"]  # a re-saved folder misses the cache
+
+
+def test_the_same_bytes_under_another_name_hit_the_cache(tmp_path, monkeypatch):
+    # every run writes the original's answers into its own folder (source: original); the original's
+    # evaluation must not miss the cache because of where that copy lives
+    monkeypatch.setenv("UNLEARN_EVAL_CACHE", "1")
+    model = ["folder", "/m", [], "float32"]
+    answers = {}
+    for run in ("run-a", "run-b", "run-c"):
+        (tmp_path / run).mkdir()
+        answers[run] = tmp_path / run / "normal-0.jsonl"
+        answers[run].write_text('{"prompt": "Q?", "response": "A."}\n')
+    answers["run-c"].write_text('{"prompt": "Q?", "response": "B."}\n')
+    key = {run: cache.cache_key(model, {"tasks": []}, {"normal": [{"path": str(path), "weight": 1.0}]})
+           for run, path in answers.items()}
+    assert key["run-a"] is not None and key["run-a"] == key["run-b"]
+    assert key["run-c"] != key["run-a"]
+    assert cache.cache_key(model, {"tasks": []}, {"normal": [{"path": "no/such/file.csv"}]}) != \
+        cache.cache_key(model, {"tasks": []}, {"normal": [{"path": "no/such/other.csv"}]})

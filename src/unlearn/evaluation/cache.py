@@ -71,15 +71,27 @@ def model_fingerprint(name: str, dtype: str):
     return None if kind == "hub" else [kind, str(Path(where).resolve()), _fingerprint(Path(where)), dtype]
 
 
+def _by_content(node, prints: dict):
+    """`node` with every local `path` / `dataset` replaced by its file's fingerprint: the same bytes
+    under another name (a run folder's copy of the original's answers) give the same key."""
+    if isinstance(node, dict):
+        return {key: (prints[value] if key in ("path", "dataset") and isinstance(value, str)
+                      and prints.get(value) is not None else _by_content(value, prints))
+                for key, value in node.items()}
+    if isinstance(node, list):
+        return [_by_content(value, prints) for value in node]
+    return node
+
+
 def cache_key(model: list | None, eval_settings: dict, data_settings: dict) -> str | None:
     if model is None or not enabled():
         return None
     import torch
     import transformers
 
-    files = {p: _fingerprint(Path(p).expanduser()) for p in sorted(set(_paths([eval_settings, data_settings])))}
-    text = json.dumps([model, eval_settings, data_settings, files, _code_digest(), torch.__version__,
-                       transformers.__version__], sort_keys=True, default=str)
+    prints = {p: _fingerprint(Path(p).expanduser()) for p in set(_paths([eval_settings, data_settings]))}
+    text = json.dumps([model, _by_content(eval_settings, prints), _by_content(data_settings, prints),
+                       _code_digest(), torch.__version__, transformers.__version__], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
