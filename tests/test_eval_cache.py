@@ -92,3 +92,19 @@ def test_the_same_bytes_under_another_name_hit_the_cache(tmp_path, monkeypatch):
     assert key["run-c"] != key["run-a"]
     assert cache.cache_key(model, {"tasks": []}, {"normal": [{"path": "no/such/file.csv"}]}) != \
         cache.cache_key(model, {"tasks": []}, {"normal": [{"path": "no/such/other.csv"}]})
+
+
+def test_training_only_data_settings_do_not_enter_the_key(monkeypatch):
+    # a sweep over the normal sources' mixing weights or the mismatch pool evaluates the same original
+    monkeypatch.setenv("UNLEARN_EVAL_CACHE", "1")
+    model = ["folder", "/m", [], "float32"]
+    base = {"forget": {"path": "f.csv", "weight": 1.0}, "max_length": 64,
+            "normal": [{"path": "n.csv", "weight": 1.0}, {"path": "m.csv", "weight": 1.0}]}
+    key = cache.cache_key(model, {"tasks": []}, base)
+    reweighted = {**base, "normal": [{"path": "n.csv", "weight": 2.0}, {"path": "m.csv", "weight": 0.5}],
+                  "mismatch_pool": [{"path": "pool.csv"}], "onpolicy": {"samples": 4}}
+    assert cache.cache_key(model, {"tasks": []}, reweighted) == key
+    fewer_rows = {**base, "normal": [{"path": "n.csv", "weight": 1.0, "limit": 5}, {"path": "m.csv", "weight": 1.0}]}
+    assert cache.cache_key(model, {"tasks": []}, fewer_rows) != key  # the judge reads the normal rows
+    assert cache.cache_key(model, {"tasks": []}, {**base, "max_length": 32}) != key
+    assert cache.cache_key(model, {"tasks": []}, {**base, "normal": base["normal"][::-1]}) != key

@@ -2,7 +2,8 @@
 
 Every run, compare method and sweep point on the same model, data and `eval:` section evaluates the
 same original model: minutes of generation each time on a CPU. The before stage is a pure function
-of the model's files, the eval and data settings, the data files' bytes, this package's code and
+of the model's files, the eval settings, the data settings it reads (not the sources' mixing weights,
+the mismatch pool or on-policy sampling), the data files' bytes, this package's code and
 the library versions, so it is stored under UNLEARN_CACHE/eval/<key>.json and reused when every one
 of them matches.
 UNLEARN_EVAL_CACHE=0 turns it off. Models from the hub (no local files to fingerprint) are not cached.
@@ -83,12 +84,31 @@ def _by_content(node, prints: dict):
     return node
 
 
+# data settings that only training reads: a sweep over them evaluates the same original
+TRAINING_ONLY = ("mismatch_pool", "onpolicy")
+
+
+def _read_by_eval(data_settings: dict) -> dict:
+    """The data section without what the evaluation never reads (the mixing weights of the sources,
+    the mismatch pool, on-policy sampling); the sources' rows, the template and max_length stay."""
+    def rows_only(source):
+        return {k: v for k, v in source.items() if k != "weight"} if isinstance(source, dict) else source
+
+    kept = {k: v for k, v in data_settings.items() if k not in TRAINING_ONLY}
+    if "forget" in kept:
+        kept["forget"] = rows_only(kept["forget"])
+    if isinstance(kept.get("normal"), list):
+        kept["normal"] = [rows_only(source) for source in kept["normal"]]
+    return kept
+
+
 def cache_key(model: list | None, eval_settings: dict, data_settings: dict) -> str | None:
     if model is None or not enabled():
         return None
     import torch
     import transformers
 
+    data_settings = _read_by_eval(data_settings)
     prints = {p: _fingerprint(Path(p).expanduser()) for p in set(_paths([eval_settings, data_settings]))}
     text = json.dumps([model, _by_content(eval_settings, prints), _by_content(data_settings, prints),
                        _code_digest(), torch.__version__, transformers.__version__], sort_keys=True, default=str)
