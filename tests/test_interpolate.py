@@ -89,3 +89,63 @@ def test_bad_input_is_one_line(tiny_llama, qa_files, tmp_path):
         result = CliRunner().invoke(app, ["interpolate", *args, "-o", str(tmp_path / "out")])
         assert result.exit_code == 2, result.output
         assert message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_scale_update_by_hand():
+    from peft import LoraConfig, get_peft_model
+
+    from unlearn.models.prepare import scale_update
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(2, 2, bias=False)
+
+        def forward(self, x):
+            return self.proj(x)
+
+    # full fine-tune: W_original + s * (W - W_original), parameter by parameter
+    original, model = Net(), Net()
+    with torch.no_grad():
+        original.proj.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+        model.proj.weight.copy_(torch.tensor([[2.0, 0.0], [1.0, 1.0]]))
+    scale_update(model, 1.5, original)
+    assert torch.equal(model.proj.weight, torch.tensor([[2.5, 0.0], [1.5, 1.0]]))
+    # LoRA: the original is the adapters off, so B times s gives W0 + s * (alpha / r) * B @ A
+    base = Net()
+    peft = get_peft_model(base, LoraConfig(r=1, lora_alpha=2, target_modules=["proj"]))
+    layer = peft.base_model.model.proj
+    with torch.no_grad():
+        layer.lora_A["default"].weight.copy_(torch.tensor([[1.0, 2.0]]))
+        layer.lora_B["default"].weight.copy_(torch.tensor([[0.5], [-1.0]]))
+    x = torch.tensor([[1.0, 1.0]])
+    w0 = layer.base_layer.weight.detach().clone()
+    scale_update(peft, 3.0, None)
+    delta = 2.0 * torch.tensor([[0.5], [-1.0]]) @ torch.tensor([[1.0, 2.0]])  # (alpha / r) B A before scaling
+    assert torch.allclose(peft(x), x @ (w0 + 3.0 * delta).T, atol=1e-6)
+    assert torch.equal(layer.base_layer.weight, w0)  # the base weights are untouched
+    with pytest.raises(ValueError, match="no LoRA B matrices"):
+        scale_update(Net(), 2.0, None)
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_update_scale_in_the_run_is_the_interpolated_point(compare_config, tmp_path, lora):
+    # output.update_scale: 2 saves (and evaluates) what `unlearn interpolate -f 2` makes of the same run
+    raw = yaml.safe_load(compare_config.read_text())
+    raw["train"]["lr"] = 5e-2
+    raw["output"] = {"save": "merged"}
+    raw.pop("eval")
+    if not lora:
+        raw["model"].pop("lora")
+    run(load_config(raw=raw), tmp_path / "plain")
+    from unlearn.interpolate import interpolate
+
+    [point] = interpolate(tmp_path / "plain", [2.0], tmp_path / "pts", evaluate=False)
+    raw["output"]["update_scale"] = 2.0
+    result = run(load_config(raw=raw), tmp_path / "scaled")
+    assert result.summary["update_scale"] == 2.0
+    plain, scaled, expected = (weights(p) for p in (tmp_path / "plain" / "model", tmp_path / "scaled" / "model",
+                                                     point / "model"))
+    assert any(not torch.allclose(plain[k], scaled[k], atol=1e-6) for k in plain)  # the scale changed them
+    for key in expected:
+        assert torch.allclose(scaled[key], expected[key], atol=1e-5), key

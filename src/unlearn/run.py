@@ -16,7 +16,7 @@ from unlearn.evaluation.cache import model_fingerprint
 from unlearn.io import atomic_write_json, atomic_write_text
 from unlearn.layout import RunFolder
 from unlearn.models.loading import check_causal_lm, load_model, load_tokenizer, pretrained_source
-from unlearn.models.prepare import apply_lora, estimate_memory, frozen_copy, num_layers, save_model
+from unlearn.models.prepare import apply_lora, estimate_memory, frozen_copy, num_layers, save_model, scale_update
 from unlearn.objectives.resolve import ResolvedMethod, resolve_method
 from unlearn.preflight import format_bytes, preflight
 from unlearn.training.distributed import process_state, whole_model
@@ -112,9 +112,12 @@ def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: li
     if result.full_state is not None:  # sharded training (FSDP, ZeRO-3): save the gathered weights
         model = whole_model(config, result.full_state)
         reference = None
-    if config.model.lora is None and reference is None and evaluator is not None:  # the after stage reads the original
+    scale = config.output.update_scale
+    if config.model.lora is None and reference is None and (evaluator is not None or scale != 1.0):
+        # the after stage and the update's scale read the original
         reference = frozen_copy(load_model(config.model.name, config.model.dtype, config.model.trust_remote_code,
                                            config.model.allow_pickle)[0])
+    scale_update(model, scale, None if config.model.lora is not None else reference)
 
     tick = time.perf_counter()
     paths = save_model(model, tokenizer, output_dir, config.output.save)
@@ -129,7 +132,7 @@ def run(config: RunConfig | str | Path, output_dir: str | Path, *, overrides: li
     summary = {
         "method": method.method.name, "weights": method.weights, "steps": result.steps,
         "max_steps": train_cfg.max_steps, "stop_reason": result.stop_reason, "diverged": result.diverged,
-        "restored_step": result.restored_step, "processes": state.num_processes,
+        "restored_step": result.restored_step, "processes": state.num_processes, "update_scale": scale,
         "train_seconds": round(result.seconds, 2),
         "wall_seconds": {k: round(v, 2) for k, v in wall.items()},
         "total_seconds": round(time.perf_counter() - started, 2), "outputs": paths, "data": sizes,
@@ -200,6 +203,9 @@ def plan(config: RunConfig, output_dir: str | Path, *, resume: bool = False, ove
         lines.append("eval: " + ", ".join(task.name for task in config.eval.tasks) + ", before and after")
     if config.select:
         lines.append(f"select: validation every {config.select.every} steps, score {config.select.score}")
+    if config.output.update_scale != 1.0:
+        lines.append(f"update: scaled by {config.output.update_scale:g} (output.update_scale) before saving"
+                     + (" and the after-evaluation" if config.eval else ""))
     saved = {"merged": "model/", "adapter": "adapter/", "both": "model/, adapter/", "none": ""}[config.output.save]
     outputs = ["config.yaml", "train_log.jsonl", "summary.json", *([f"{saved} (with README.md, the model card)"]
                                                                  if saved else []),

@@ -198,6 +198,9 @@ class TrainConfig(Strict):
 
 class OutputConfig(Strict):
     save: Literal["merged", "adapter", "both", "none"] = "merged"
+    # the trained update scaled before saving and the after-evaluation: W_original + s * (W - W_original);
+    # > 1 extrapolates it (what `unlearn interpolate -f s` measures afterwards), < 1 gives some back
+    update_scale: float = Field(1.0, gt=0, allow_inf_nan=False)
 
 
 class RunConfig(Strict):

@@ -35,6 +35,26 @@ def frozen_copy(model):
     return reference
 
 
+@torch.no_grad()
+def scale_update(model, factor: float, original=None) -> None:
+    """W_original + factor * (W - W_original), in place. LoRA (the original is the model with its
+    adapters off): every B matrix times `factor`, which scales B @ A exactly; a full fine-tune:
+    every parameter against `original`'s."""
+    if factor == 1.0:
+        return
+    if original is None:
+        scaled = [p for name, p in model.named_parameters() if "lora_B" in name or "lora_embedding_B" in name]
+        if not scaled:
+            raise ValueError("scale_update: no LoRA B matrices and no original weights to scale against")
+        for param in scaled:
+            param.mul_(factor)
+        return
+    start = dict(original.named_parameters())
+    for name, param in model.named_parameters():
+        base = start[name].to(param.dtype)
+        param.copy_(base + factor * (param - base))
+
+
 @contextlib.contextmanager
 def original_model(model, frozen=None):
     """The model before unlearning: the frozen copy (a full fine-tune), else the model with its
