@@ -91,14 +91,13 @@ TRAINING_ONLY = ("mismatch_pool", "onpolicy")
 def _read_by_eval(data_settings: dict) -> dict:
     """The data section without what the evaluation never reads (the mixing weights of the sources,
     the mismatch pool, on-policy sampling); the sources' rows, the template and max_length stay."""
-    def rows_only(source):
-        return {k: v for k, v in source.items() if k != "weight"} if isinstance(source, dict) else source
+    def rows_only(source: dict) -> dict:
+        return {k: v for k, v in source.items() if k != "weight"}
 
     kept = {k: v for k, v in data_settings.items() if k not in TRAINING_ONLY}
     if "forget" in kept:
         kept["forget"] = rows_only(kept["forget"])
-    if isinstance(kept.get("normal"), list):
-        kept["normal"] = [rows_only(source) for source in kept["normal"]]
+    kept["normal"] = [rows_only(source) for source in kept.get("normal", [])]
     return kept
 
 
