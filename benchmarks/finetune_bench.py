@@ -5,7 +5,8 @@ injection rows: fictitious people's records plus replayed general answers) for -
 - plain: `model(**batch).loss` under bf16 autocast (logits and log-softmax at every position,
   float32 weights cast at each matmul) - what the project did before session 10;
 - ours, float32: `unlearn.training.finetune` without bf16 (LM head on answer positions only);
-- ours, bf16: bfloat16 weights with float32 master copies in AdamW (the default).
+- ours, bf16: bfloat16 weights with float32 master copies in AdamW (the default), once without and
+  once with the batch's common opening tokens (the chat template's system prompt) run once.
 Prints seconds per step, the speed-up against the plain side and each side's mean loss over the
 same batches (equal up to bf16 rounding).
 """
@@ -41,11 +42,12 @@ def _plain(model, rows, pad_id, steps: int, lr: float) -> tuple[float, float]:
     return (time.perf_counter() - started) / steps, sum(losses) / len(losses)
 
 
-def _ours(model, rows, pad_id, steps: int, lr: float, bf16: bool) -> tuple[float, float]:
+def _ours(model, rows, pad_id, steps: int, lr: float, bf16: bool, share_prefix: bool = True) -> tuple[float, float]:
     from unlearn.training.finetune import finetune
 
     started = time.perf_counter()
-    losses = finetune(model, rows, pad_id, epochs=1, lr=lr, batch_size=16, bf16=bf16, description="ours")
+    losses = finetune(model, rows, pad_id, epochs=1, lr=lr, batch_size=16, bf16=bf16, share_prefix=share_prefix,
+                      description="ours")
     return (time.perf_counter() - started) / steps, losses[0]
 
 
@@ -77,12 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     sides = {}
     for name, fn in (("plain (autocast, all positions)", lambda: _plain(model, rows, tokenizer.pad_token_id, args.steps, args.lr)),
                      ("ours float32", lambda: _ours(model, rows, tokenizer.pad_token_id, args.steps, args.lr, False)),
+                     ("ours bf16 + fp32 masters, no shared prefix",
+                      lambda: _ours(model, rows, tokenizer.pad_token_id, args.steps, args.lr, True, False)),
                      ("ours bf16 + fp32 masters", lambda: _ours(model, rows, tokenizer.pad_token_id, args.steps, args.lr, True))):
         model.load_state_dict(state)
         sides[name] = fn()
     base = next(iter(sides.values()))[0]
     for name, (seconds, loss) in sides.items():
-        print(f"{name:34s} {seconds:7.2f} s/step  x{base / seconds:5.2f}  mean loss {loss:.4f}")
+        print(f"{name:44s} {seconds:7.2f} s/step  x{base / seconds:5.2f}  mean loss {loss:.4f}")
     return 0
 
 

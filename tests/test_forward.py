@@ -47,9 +47,23 @@ def mixed_batch(model, tokenizer, template="auto"):
                      ["forget", "forget", "mismatch", "mismatch", "normal", "normal"])
 
 
+def count_shared_prefixes(monkeypatch, min_prefix: int) -> list[int]:
+    """Share leading tokens from `min_prefix` on; returns the list of prefix lengths run once."""
+    monkeypatch.setattr(forward, "MIN_SHARED_PREFIX", min_prefix)
+    seen, run = [], forward.prefix_shared_forward
+
+    def counted(model, input_ids, attention_mask, prefix, *args):
+        seen.append(prefix)
+        return run(model, input_ids, attention_mask, prefix, *args)
+    monkeypatch.setattr(forward, "prefix_shared_forward", counted)
+    return seen
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "opt"])
 @pytest.mark.parametrize("split", [True, False], ids=["buckets", "one-forward"])
-def test_packed_pass_equals_the_plain_full_forward(arch, split, request):
+@pytest.mark.parametrize("min_prefix", [1, 10**9], ids=["shared-prefix", "no-shared-prefix"])
+def test_packed_pass_equals_the_plain_full_forward(arch, split, min_prefix, request, monkeypatch):
+    shared_prefixes = count_shared_prefixes(monkeypatch, min_prefix)
     model, tokenizer = load_model(str(request.getfixturevalue(f"tiny_{arch}")))
     model.eval()
     batch = mixed_batch(model, tokenizer, "auto" if arch == "llama" else PAPER_TEMPLATE)
@@ -72,11 +86,15 @@ def test_packed_pass_equals_the_plain_full_forward(arch, split, request):
     for group in ("normal", "mismatch"):
         rows = torch.tensor([g == group for g in batch.row_group])[position_row]
         torch.testing.assert_close(got.full_logprobs[group], logprobs[answer][rows], atol=1e-5, rtol=1e-5)
+    # the template's opening tokens ran once per multi-sequence forward (only where rows may be split)
+    assert bool(shared_prefixes) == (split and min_prefix == 1), shared_prefixes
 
 
 def test_packed_step_gradients_equal_unpacked(tiny_llama, monkeypatch):
     """Current and reference passes (the reference on a subset of rows) stay aligned, and the
-    gradients of KL + NLL + reference-dependent terms do not depend on packing or buckets."""
+    gradients of KL + NLL + reference-dependent terms do not depend on packing, buckets or a
+    shared opening run once."""
+    shared_prefixes = count_shared_prefixes(monkeypatch, 1)
     model, tokenizer = load_model(str(tiny_llama))
     batch = mixed_batch(model, tokenizer)
     reference = frozen_copy(model)
@@ -94,6 +112,7 @@ def test_packed_step_gradients_equal_unpacked(tiny_llama, monkeypatch):
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
         assert kl.item() == pytest.approx(0.0, abs=1e-6)  # aligned: the untrained model equals its copy
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-4)
+    assert shared_prefixes  # the first (packed, bucketed) side shared its opening tokens
 
 
 def test_head_sees_answer_positions_only(tiny_llama):

@@ -161,6 +161,43 @@ def test_finetune_answer_loss_equals_the_models_own_loss(tiny_llama):
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "opt"])
+def test_finetune_shared_prefix_gives_the_plain_loss_and_gradients(arch, request):
+    """The rows' common leading tokens run once (a key/value cache repeated over the rows): same loss
+    and same gradients as every row run whole."""
+    from unlearn.data.encoding import PairEncoder, pad_rows
+    from unlearn.objectives.forward import MIN_SHARED_PREFIX, shared_prefix
+    from unlearn.training.finetune import answer_loss
+
+    model, tokenizer = load_model(str(request.getfixturevalue(f"tiny_{arch}")))
+    template = "auto" if arch == "llama" else "### Question: {prompt}\n### Answer: {response}"
+    encoder = PairEncoder(tokenizer, template, 64)
+    batch = pad_rows([encoder.encode(f"question {i} about", "answer " * (i + 1)) for i in range(4)],
+                     tokenizer.pad_token_id)
+    assert shared_prefix(batch["input_ids"], batch["attention_mask"], 99) >= MIN_SHARED_PREFIX  # the shared path runs
+    model.eval()  # no dropout: both sides see the same network
+    results = []
+    for share in (False, True):
+        model.zero_grad()
+        loss = answer_loss(model, batch, share_prefix=share)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (plain, plain_grads), (shared, shared_grads) = results
+    torch.testing.assert_close(shared, plain, atol=1e-6, rtol=1e-6)
+    for a, b in zip(shared_grads, plain_grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_shared_prefix_stops_before_the_first_position_read():
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6], [1, 2, 3, 9, 9, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]])
+    from unlearn.objectives.forward import shared_prefix
+
+    assert shared_prefix(ids, mask, first_read=5) == 3  # rows differ from token 3 on
+    assert shared_prefix(ids, mask, first_read=2) == 2  # position 2's output is read: it must run per row
+    assert shared_prefix(ids[:1], mask[:1], first_read=9) == 5  # one row: all but the last token
+
+
 def test_master_weights_keep_float32_updates_that_bfloat16_would_round_away():
     """An update below bfloat16's resolution (1 + 1e-4 rounds to 1) accumulates in the float32
     master and the model ends in float32 holding the masters."""

@@ -174,6 +174,55 @@ def head_on(model, sequence: torch.Tensor, position: torch.Tensor):
         hook.remove()
 
 
+# A prefix shorter than this is not worth its own forward (and the cache bookkeeping).
+MIN_SHARED_PREFIX = 8
+
+
+def shared_prefix(input_ids: torch.Tensor, attention_mask: torch.Tensor, first_read: int) -> int:
+    """How many leading positions every row holds the same attended token (a chat template's
+    system prompt, say), capped so that no position whose output is read (>= first_read) is in it."""
+    same = (input_ids == input_ids[:1]).all(0) & attention_mask.bool().all(0)
+    return min(int(same.long().cumprod(0).sum()), first_read, input_ids.shape[1] - 1)
+
+
+def _cache_keyword(model) -> str:
+    import inspect
+
+    model = unwrap(model)
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT passes it through
+    # transformers 5 names the argument `cache` (`past_key_values` deprecated); 4.x only knows the old name
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _checkpointing(model) -> bool:
+    """Activation checkpointing drops the cache in training, so a shared prefix cannot be passed."""
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in unwrap(model).modules())
+
+
+def prefix_shared_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: int,
+                          sequence: torch.Tensor, position: torch.Tensor,
+                          position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """The LM head's logits at (sequence, position), with the rows' common first `prefix` tokens run
+    once: one row's prefix builds a key/value cache, repeated over the rows, and the rest of each row
+    attends to it. Gradients flow through the cache into the prefix's single computation, so loss and
+    gradients equal a plain forward's (up to rounding) at (rows - 1) x prefix fewer positions.
+    attention_mask: (rows, T), or a (rows, 1, T, T) mask whose first `prefix` positions are causal."""
+    rows, width = input_ids.shape
+    if position_ids is None:
+        position_ids = torch.arange(width, device=input_ids.device).expand(rows, -1)
+    head_mask = attention_mask[:1, :, :prefix, :prefix] if attention_mask.dim() == 4 else attention_mask[:1, :prefix]
+    rest_mask = attention_mask[:, :, prefix:, :] if attention_mask.dim() == 4 else attention_mask
+    nothing = torch.zeros(0, dtype=torch.long, device=input_ids.device)
+    with head_on(model, nothing, nothing):
+        head = model(input_ids=input_ids[:1, :prefix], attention_mask=head_mask,
+                     position_ids=position_ids[:1, :prefix], use_cache=True)
+    cache = getattr(head, "cache", None) or head.past_key_values
+    cache.batch_repeat_interleave(rows)
+    with head_on(model, sequence, position - prefix):
+        return model(input_ids=input_ids[:, prefix:], attention_mask=rest_mask, position_ids=position_ids[:, prefix:],
+                     use_cache=True, **{_cache_keyword(model): cache}).logits
+
+
 def _inputs(group: list[Packed], device) -> dict:
     """Padded ids and, when some sequence holds several answer blocks, explicit positions and a
     (rows, 1, T, T) mask: prompt causal; each block sees the prompt and itself, causally."""
@@ -223,9 +272,20 @@ def _model_pass(model, batch: StepBatch, full_groups: set[str], hidden_layers: f
         sequence, position, target, row, t = (torch.tensor(column, device=device) for column in zip(*where))
         inputs = ({"input_ids": batch.input_ids, "attention_mask": batch.attention_mask} if as_is
                   else _inputs(group, device))
-        with head_on(model, sequence, position):
-            outputs = model(**inputs, use_cache=False, output_hidden_states=as_is)
-        logits.append(outputs.logits)
+        # every sequence opens with the same tokens (a chat template's system prompt): run them once.
+        # Not where hidden states are read (they would lack the prefix) or forwards must be counted (sharded)
+        prefix = 0
+        if split and len(group) > 1 and not _checkpointing(model):
+            valid = torch.tensor([[t < len(p.ids) for t in range(inputs["input_ids"].shape[1])] for p in group],
+                                 device=device)
+            prefix = shared_prefix(inputs["input_ids"], valid, int(position.min()))
+        if prefix >= MIN_SHARED_PREFIX:
+            logits.append(prefix_shared_forward(model, inputs["input_ids"], inputs["attention_mask"], prefix,
+                                                sequence, position, inputs.get("position_ids")))
+        else:
+            with head_on(model, sequence, position):
+                outputs = model(**inputs, use_cache=False, output_hidden_states=as_is)
+            logits.append(outputs.logits)
         targets.append(target)
         rows.append(row)
         order.append(row * (batch.input_ids.shape[1] + 1) + t)

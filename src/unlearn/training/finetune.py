@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from unlearn.data.encoding import IGNORE, Encoded, pad_rows
 from unlearn.models.precision import native_bf16
-from unlearn.objectives.forward import head_on
+from unlearn.objectives.forward import MIN_SHARED_PREFIX, head_on, prefix_shared_forward, shared_prefix
 from unlearn.training.loop import adamw
 from unlearn.ui import progress
 
@@ -47,21 +47,29 @@ class MasterWeights:
                 p.copy_(m)
 
 
-def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def answer_loss(model, batch: dict[str, torch.Tensor], share_prefix: bool = True) -> torch.Tensor:
     """Mean NLL of the answer tokens (labels != IGNORE, shifted by one), the head fed only their
-    positions: equal to the model's own `labels=` loss."""
+    positions: equal to the model's own `labels=` loss. share_prefix: the rows' common leading
+    tokens (a chat template's system prompt: 40% of a short record's positions) run once."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]
     targets = batch["labels"][:, 1:]
     sequence, position = (targets != IGNORE).nonzero(as_tuple=True)
-    with head_on(model, sequence, position):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    prefix = shared_prefix(ids, mask, int(position.min())) if share_prefix and len(ids) > 1 else 0
+    if prefix >= MIN_SHARED_PREFIX:
+        logits = prefix_shared_forward(model, ids, mask, prefix, sequence, position)
+    else:
+        with head_on(model, sequence, position):
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
     return F.cross_entropy(logits.float(), targets[sequence, position])
 
 
 def finetune(model, rows: list[Encoded], pad_id: int, *, epochs: int, lr: float = 1e-4, batch_size: int = 16,
-             seed: int = 0, bf16: bool | None = None, description: str = "fine-tuning") -> list[float]:
+             seed: int = 0, bf16: bool | None = None, share_prefix: bool = True,
+             description: str = "fine-tuning") -> list[float]:
     """Full fine-tune with AdamW on answer-token NLL; returns the mean loss of each epoch.
     bf16: bfloat16 weights in the forward and backward, float32 masters in AdamW (CPU and CUDA);
-    None: where the device multiplies bf16 natively (elsewhere float32 is faster)."""
+    None: where the device multiplies bf16 natively (elsewhere float32 is faster).
+    share_prefix: each batch's common opening tokens run once (`answer_loss`)."""
     if bf16 is None:
         bf16 = native_bf16()
     torch.manual_seed(seed)
@@ -82,7 +90,7 @@ def finetune(model, rows: list[Encoded], pad_id: int, *, epochs: int, lr: float 
                 total = 0.0
                 for indices in epoch_batches(rows, batch_size, order_rng):
                     batch = {k: v.to(device) for k, v in pad_rows([rows[i] for i in indices], pad_id).items()}
-                    loss = answer_loss(model, batch)
+                    loss = answer_loss(model, batch, share_prefix)
                     loss.backward()
                     if masters:
                         masters.gradients_to_masters()
