@@ -214,6 +214,38 @@ def test_batched_generation_matches_one_at_a_time(llama):
     assert sampled[0] == sampled[1]
 
 
+@pytest.mark.parametrize("min_prefix", [1, 10**9], ids=["shared-opening", "plain"])
+def test_generation_with_the_shared_opening_run_once_matches_the_plain_batch(llama, min_prefix, monkeypatch):
+    """The prompts' common opening tokens (the template's) run once and reach `generate` as a cache
+    repeated over the rows; the answers, greedy and seeded sampling alike, are the plain batch's."""
+    from unlearn.data.encoding import PairEncoder
+    from unlearn.evaluation import generation
+
+    model, tokenizer = llama
+    encoder = PairEncoder(tokenizer, "auto", 64)
+    prompts = [encoder.prompt_ids(p) for p in ("Who wrote Hamlet?", "Where does Bob live?",
+                                                 "What is the capital of France, and why is it Paris?", "Hi")]
+    assert generation.common_prefix(prompts) >= 1
+    monkeypatch.setattr(generation, "MIN_SHARED_PREFIX", min_prefix)
+    caches = []
+    run = model.generate
+    monkeypatch.setattr(model, "generate", lambda **kw: caches.append(len(kw)) or run(**kw))
+    for kwargs in ({}, {"do_sample": True, "seed": 3}):
+        shared = generate(model, tokenizer, prompts, max_new_tokens=6, batch_size=4, **kwargs)
+        plain = generate(model, tokenizer, prompts, max_new_tokens=6, batch_size=4, share_prefix=False, **kwargs)
+        assert shared == plain
+    # generate got a cache (a 4th keyword) exactly when the opening was shared
+    assert caches == ([4, 3, 4, 3] if min_prefix == 1 else [3, 3, 3, 3])
+
+
+def test_common_prefix_leaves_every_prompt_a_token_of_its_own():
+    from unlearn.evaluation.generation import common_prefix
+
+    assert common_prefix([[1, 2, 3, 4], [1, 2, 3, 5, 6]]) == 3
+    assert common_prefix([[1, 2, 3], [1, 2, 3, 4]]) == 2  # the shorter prompt keeps its last token
+    assert common_prefix([[7, 2], [1, 2]]) == 0
+
+
 def test_answer_scores_match_a_plain_forward(llama):
     from unlearn.data.encoding import Encoded
 

@@ -166,7 +166,7 @@ def test_finetune_shared_prefix_gives_the_plain_loss_and_gradients(arch, request
     """The rows' common leading tokens run once (a key/value cache repeated over the rows): same loss
     and same gradients as every row run whole."""
     from unlearn.data.encoding import PairEncoder, pad_rows
-    from unlearn.objectives.forward import MIN_SHARED_PREFIX, shared_prefix
+    from unlearn.models.prefix import MIN_SHARED_PREFIX, shared_prefix
     from unlearn.training.finetune import answer_loss
 
     model, tokenizer = load_model(str(request.getfixturevalue(f"tiny_{arch}")))
@@ -191,7 +191,7 @@ def test_finetune_shared_prefix_gives_the_plain_loss_and_gradients(arch, request
 def test_shared_prefix_stops_before_the_first_position_read():
     ids = torch.tensor([[1, 2, 3, 4, 5, 6], [1, 2, 3, 9, 9, 0]])
     mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]])
-    from unlearn.objectives.forward import shared_prefix
+    from unlearn.models.prefix import shared_prefix
 
     assert shared_prefix(ids, mask, first_read=5) == 3  # rows differ from token 3 on
     assert shared_prefix(ids, mask, first_read=2) == 2  # position 2's output is read: it must run per row

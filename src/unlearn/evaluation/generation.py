@@ -1,8 +1,11 @@
 """Batched generation and teacher-forced answer scoring.
 
 Generation left-pads each batch (so every row's next token sits at the last position), decodes with
-the KV cache, and sorts prompts by length so a batch holds similar lengths. Scoring reuses the
-training encoding: prompt ids + answer ids with answer-only labels, right-padded.
+the KV cache, and sorts prompts by length so a batch holds similar lengths. The opening tokens every
+prompt shares (a chat template's system prompt) are run once per batch and handed to `generate` as
+a cache repeated over the rows; each row's own tokens follow, padded in between (positions come
+from the attention mask, so they are the unpadded ones). Scoring reuses the training encoding:
+prompt ids + answer ids with answer-only labels, right-padded.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import numpy as np
 import torch
 
 from unlearn.data.encoding import IGNORE, Encoded, pad_rows
+from unlearn.models.prefix import MIN_SHARED_PREFIX, cache_keyword, prefix_cache
 from unlearn.ui import progress
 
 
@@ -40,13 +44,24 @@ def answer_stop_ids(tokenizer, encoder) -> list[int]:
     return stops + end if len(end) == 1 else stops
 
 
+def common_prefix(prompts: list[list[int]]) -> int:
+    """Leading tokens every prompt shares, leaving each prompt at least one token of its own."""
+    shortest = min(len(p) for p in prompts)
+    length = 0
+    while length < shortest - 1 and all(p[length] == prompts[0][length] for p in prompts):
+        length += 1
+    return length
+
+
 def generate(model, tokenizer, prompt_ids_list: list[list[int]], max_new_tokens: int, batch_size: int,
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
-             stop_ids: list[int] | None = None, description: str = "generating") -> list[str]:
+             stop_ids: list[int] | None = None, description: str = "generating",
+             share_prefix: bool = True) -> list[str]:
     """Continuations of already-encoded prompts, decoded without special tokens, in input order.
 
     stop_ids: token ids that end an answer (default: the tokenizer's EOS). Sampling is seeded per
-    batch and does not disturb the caller's RNG state.
+    batch and does not disturb the caller's RNG state. share_prefix: the prompts' common opening
+    runs once per batch (see the module's doc).
     """
     from transformers import GenerationConfig
 
@@ -64,17 +79,25 @@ def generate(model, tokenizer, prompt_ids_list: list[list[int]], max_new_tokens:
     with eval_mode(model), rng, progress() as bar:
         task = bar.add_task(description, total=len(order), status="")
         for number, batch in enumerate(_batches(order, batch_size)):
-            width = max(len(prompt_ids_list[i]) for i in batch)
+            prompts = [prompt_ids_list[i] for i in batch]
+            prefix = common_prefix(prompts) if share_prefix and len(batch) > 1 else 0
+            prefix = prefix if prefix >= MIN_SHARED_PREFIX else 0
+            width = max(len(ids) for ids in prompts)
             input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
             attention = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, index in enumerate(batch):
-                ids = prompt_ids_list[index]
-                input_ids[row, width - len(ids):] = torch.tensor(ids)
-                attention[row, width - len(ids):] = 1
+            for row, ids in enumerate(prompts):  # [shared prefix][padding][the row's own tokens]
+                input_ids[row, :prefix], attention[row, :prefix] = torch.tensor(ids[:prefix]), 1
+                input_ids[row, width - len(ids) + prefix:] = torch.tensor(ids[prefix:])
+                attention[row, width - len(ids) + prefix:] = 1
+            input_ids, attention = input_ids.to(device), attention.to(device)
+            cache = {}
+            if prefix:
+                opening = model(input_ids=input_ids[:1, :prefix], attention_mask=attention[:1, :prefix], use_cache=True)
+                cache = {cache_keyword(model): prefix_cache(model, opening)}
+                cache[cache_keyword(model)].batch_repeat_interleave(len(batch))
             if do_sample:
                 torch.manual_seed(seed + number)
-            generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                       generation_config=config)
+            generated = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config, **cache)
             for row, index in enumerate(batch):
                 new = generated[row, width:].tolist()
                 cut = next((t for t, token in enumerate(new) if token in stops), len(new))

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from unlearn.data.batches import StepBatch
 from unlearn.data.encoding import IGNORE
+from unlearn.models.prefix import MIN_SHARED_PREFIX, cache_keyword, checkpointing, prefix_cache, shared_prefix
 from unlearn.models.prepare import original_model, unwrap
 
 # What one extra forward costs, in padded token positions (kernel launches, small matmuls):
@@ -174,31 +175,6 @@ def head_on(model, sequence: torch.Tensor, position: torch.Tensor):
         hook.remove()
 
 
-# A prefix shorter than this is not worth its own forward (and the cache bookkeeping).
-MIN_SHARED_PREFIX = 8
-
-
-def shared_prefix(input_ids: torch.Tensor, attention_mask: torch.Tensor, first_read: int) -> int:
-    """How many leading positions every row holds the same attended token (a chat template's
-    system prompt, say), capped so that no position whose output is read (>= first_read) is in it."""
-    same = (input_ids == input_ids[:1]).all(0) & attention_mask.bool().all(0)
-    return min(int(same.long().cumprod(0).sum()), first_read, input_ids.shape[1] - 1)
-
-
-def _cache_keyword(model) -> str:
-    import inspect
-
-    model = unwrap(model)
-    model = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT passes it through
-    # transformers 5 names the argument `cache` (`past_key_values` deprecated); 4.x only knows the old name
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def _checkpointing(model) -> bool:
-    """Activation checkpointing drops the cache in training, so a shared prefix cannot be passed."""
-    return any(getattr(m, "gradient_checkpointing", False) is True for m in unwrap(model).modules())
-
-
 def prefix_shared_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: int,
                           sequence: torch.Tensor, position: torch.Tensor,
                           position_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -216,11 +192,11 @@ def prefix_shared_forward(model, input_ids: torch.Tensor, attention_mask: torch.
     with head_on(model, nothing, nothing):
         head = model(input_ids=input_ids[:1, :prefix], attention_mask=head_mask,
                      position_ids=position_ids[:1, :prefix], use_cache=True)
-    cache = getattr(head, "cache", None) or head.past_key_values
+    cache = prefix_cache(model, head)
     cache.batch_repeat_interleave(rows)
     with head_on(model, sequence, position - prefix):
         return model(input_ids=input_ids[:, prefix:], attention_mask=rest_mask, position_ids=position_ids[:, prefix:],
-                     use_cache=True, **{_cache_keyword(model): cache}).logits
+                     use_cache=True, **{cache_keyword(model): cache}).logits
 
 
 def _inputs(group: list[Packed], device) -> dict:
@@ -275,7 +251,7 @@ def _model_pass(model, batch: StepBatch, full_groups: set[str], hidden_layers: f
         # every sequence opens with the same tokens (a chat template's system prompt): run them once.
         # Not where hidden states are read (they would lack the prefix) or forwards must be counted (sharded)
         prefix = 0
-        if split and len(group) > 1 and not _checkpointing(model):
+        if split and len(group) > 1 and not checkpointing(model):
             valid = torch.tensor([[t < len(p.ids) for t in range(inputs["input_ids"].shape[1])] for p in group],
                                  device=device)
             prefix = shared_prefix(inputs["input_ids"], valid, int(position.min()))

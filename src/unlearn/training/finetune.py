@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from unlearn.data.encoding import IGNORE, Encoded, pad_rows
 from unlearn.models.precision import native_bf16
-from unlearn.objectives.forward import MIN_SHARED_PREFIX, head_on, prefix_shared_forward, shared_prefix
+from unlearn.models.prefix import MIN_SHARED_PREFIX, shared_prefix
+from unlearn.objectives.forward import head_on, prefix_shared_forward
 from unlearn.training.loop import adamw
 from unlearn.ui import progress
 
