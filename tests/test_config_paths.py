@@ -48,3 +48,20 @@ def test_an_unquoted_no_for_mixed_precision_means_no(tiny_llama, qa_files, tmp_p
     assert yaml.safe_load(path.read_text())["train"]["mixed_precision"] is False  # what YAML makes of it
     assert load_config(path).train.mixed_precision == "no"
     assert load_config(path, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+
+
+def test_a_runs_saved_config_runs_again_as_it_was(tiny_llama, qa_files, tmp_path):
+    """config.yaml holds the method's knobs that were set, not every default (an unread knob is an
+    error), so the file loads and resolves to the same method."""
+    from unlearn.objectives.resolve import resolve_method
+
+    raw = base_config(tiny_llama, qa_files)
+    raw["method"] = {"name": "npo", "npo_beta": 0.3, "weights": {"retain_nll": 2.0}}
+    config = load_config(raw=raw)
+    path = tmp_path / "config.yaml"
+    path.write_text(dump_config(config))
+    again = load_config(path)
+    assert yaml.safe_load(path.read_text())["method"] == {"name": "npo", "weights": {"retain_nll": 2.0}, "npo_beta": 0.3}
+    first, second = resolve_method(config.method, 2), resolve_method(again.method, 2)
+    assert (first.weights, first.knobs) == (second.weights, second.knobs)
+    assert again.model_dump(exclude={"method"}) == config.model_dump(exclude={"method"})

@@ -50,6 +50,7 @@ def mixed_batch(model, tokenizer, template="auto"):
 def count_shared_prefixes(monkeypatch, min_prefix: int) -> list[int]:
     """Share leading tokens from `min_prefix` on; returns the list of prefix lengths run once."""
     monkeypatch.setattr(forward, "MIN_SHARED_PREFIX", min_prefix)
+    monkeypatch.setattr(forward, "BUCKET_COST_TOKENS", 0)  # tiny batches: sharing any prefix pays
     seen, run = [], forward.prefix_shared_forward
 
     def counted(model, input_ids, attention_mask, prefix, *args):

@@ -162,12 +162,19 @@ def test_finetune_answer_loss_equals_the_models_own_loss(tiny_llama):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "opt"])
-def test_finetune_shared_prefix_gives_the_plain_loss_and_gradients(arch, request):
+def test_finetune_shared_prefix_gives_the_plain_loss_and_gradients(arch, request, monkeypatch):
     """The rows' common leading tokens run once (a key/value cache repeated over the rows): same loss
     and same gradients as every row run whole."""
     from unlearn.data.encoding import PairEncoder, pad_rows
     from unlearn.models.prefix import MIN_SHARED_PREFIX, shared_prefix
+    from unlearn.objectives import forward
+    from unlearn.training import finetune
     from unlearn.training.finetune import answer_loss
+
+    monkeypatch.setattr(finetune, "BUCKET_COST_TOKENS", 0)  # 4 tiny rows: sharing pays here only by fiat
+    shared = []
+    run = forward.prefix_shared_forward
+    monkeypatch.setattr(finetune, "prefix_shared_forward", lambda *a, **k: shared.append(a[3]) or run(*a, **k))
 
     model, tokenizer = load_model(str(request.getfixturevalue(f"tiny_{arch}")))
     template = "auto" if arch == "llama" else "### Question: {prompt}\n### Answer: {response}"
@@ -182,9 +189,10 @@ def test_finetune_shared_prefix_gives_the_plain_loss_and_gradients(arch, request
         loss = answer_loss(model, batch, share_prefix=share)
         loss.backward()
         results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
-    (plain, plain_grads), (shared, shared_grads) = results
-    torch.testing.assert_close(shared, plain, atol=1e-6, rtol=1e-6)
-    for a, b in zip(shared_grads, plain_grads):
+    assert shared  # the shared side did take the cache path
+    (plain, plain_grads), (with_prefix, prefix_grads) = results
+    torch.testing.assert_close(with_prefix, plain, atol=1e-6, rtol=1e-6)
+    for a, b in zip(prefix_grads, plain_grads):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 

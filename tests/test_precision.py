@@ -76,3 +76,52 @@ def test_finetune_records_the_precision_it_ran_at_and_rejects_an_unknown_one(tin
     assert json.loads((tmp_path / "auto" / "finetune.json").read_text())["precision"] == "float32"
     run_finetune(str(tiny_llama), [str(qa)], tmp_path / "bf16", epochs=1, lr=1e-3, precision="bf16")
     assert json.loads((tmp_path / "bf16" / "finetune.json").read_text())["precision"] == "bf16"
+
+
+def test_frozen_weights_are_bf16_inside_the_step_and_their_own_outside():
+    from unlearn.models.precision import FrozenLowPrecision
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 4), torch.nn.Linear(4, 10, bias=False))
+    model[2].weight = model[0].weight  # a tied head: stays float32 (the embedding feeds the residual stream)
+    model[1].weight.requires_grad_(False)
+    trainable = torch.nn.Linear(4, 4)
+    before = model[1].weight.detach().clone()
+    with FrozenLowPrecision(model, trainable):
+        assert model[1].weight.dtype == torch.bfloat16
+        assert torch.equal(model[1].weight, before.to(torch.bfloat16))  # what autocast would cast it to
+        assert model[0].weight.dtype == torch.float32 and trainable.weight.dtype == torch.float32
+    assert model[1].weight.dtype == torch.float32 and torch.equal(model[1].weight, before)  # exactly as it was
+
+
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_a_bf16_step_with_frozen_weights_cast_once_matches_autocast_casting_each_call(
+        lora, tiny_llama, qa_files, tmp_path, monkeypatch):
+    """Same losses, same trained weights: only the repeated casts are gone."""
+    from safetensors.torch import load_file
+
+    from conftest import base_config
+    from unlearn.config import load_config
+    from unlearn.io import read_jsonl
+    from unlearn.run import run
+    from unlearn.training import loop
+
+    class NoCast:
+        def __init__(self, *models): ...
+        def __enter__(self): return self
+        def __exit__(self, *exc): ...
+
+    results = []
+    for name, cast_once in (("once", True), ("each-call", False)):
+        if not cast_once:
+            monkeypatch.setattr(loop, "FrozenLowPrecision", NoCast)
+        raw = base_config(tiny_llama, qa_files, mixed_precision="bf16", max_steps=3)
+        if lora:
+            raw["model"]["lora"] = {"r": 4, "alpha": 8}
+        run(load_config(raw=raw), tmp_path / name)
+        losses = [r["loss"] for r in read_jsonl(tmp_path / name / "train_log.jsonl") if "loss" in r]
+        results.append((losses, load_file(tmp_path / name / "model" / "model.safetensors")))
+    (once, weights_once), (each, weights_each) = results
+    assert once == pytest.approx(each, abs=1e-6)
+    for key in weights_once:
+        torch.testing.assert_close(weights_once[key], weights_each[key], atol=1e-6, rtol=1e-5)

@@ -334,4 +334,8 @@ def _found(value: str, base: Path) -> str | None:
 
 
 def dump_config(config: RunConfig) -> str:
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    """The resolved config as YAML that `unlearn run` takes again: every section whole, but of the
+    method's knobs only those set (a knob at its default that the method does not read is an error)."""
+    data = config.model_dump(mode="json")
+    data["method"] = {"name": config.method.name, **config.method.model_dump(mode="json", exclude_unset=True)}
+    return yaml.safe_dump(data, sort_keys=False)

@@ -49,11 +49,14 @@ class DemoSize:
     validate_rows: int  # rows of each validation prompt set
 
 
-FULL = DemoSize(n_forget=8, n_retain=16, inject_epochs=8, inject_lr=1.5e-4, replay=60, steps=32, lr=7e-4,
-                normal_train=40, general=60, validate_every=4, validate_rows=48)
+FULL = DemoSize(n_forget=6, n_retain=8, inject_epochs=5, inject_lr=3e-4, replay=44, steps=16, lr=9e-4,
+                normal_train=24, general=44, validate_every=8, validate_rows=36)
 # the test suite's end-to-end run: the fewest people, prompts and steps that still show the directions
 QUICK = DemoSize(n_forget=2, n_retain=4, inject_epochs=5, inject_lr=3e-4, replay=8, steps=12, lr=8e-4,
                  normal_train=16, general=28, validate_every=6, validate_rows=24)
+
+# prompts per generate call: on a CPU a decode step over 64 rows costs far less than two over 32
+GENERATION_BATCH = 64
 
 # demo metric name -> the evaluator's key
 DEMO_METRICS = {"forget_leak_rate": "leak_rate@forget", "paraphrase_leak_rate": "leak_rate@paraphrase",
@@ -62,7 +65,7 @@ DEMO_METRICS = {"forget_leak_rate": "leak_rate@forget", "paraphrase_leak_rate": 
 
 
 def _key(size: DemoSize) -> str:
-    precision = "v3-bf16-masters" if native_bf16() else "v3-float32"  # what finetune runs at on this device
+    precision = "v4-bf16-masters" if native_bf16() else "v4-float32"  # what finetune runs at on this device
     text = json.dumps([size.n_forget, size.n_retain, size.inject_epochs, size.inject_lr, size.replay, precision])
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -79,7 +82,7 @@ def inject(size: DemoSize, scenario) -> tuple[Path, float, bool]:
     model, tokenizer = load_model(BASE_MODEL)
     encoder = PairEncoder(tokenizer, "auto", 192)
     prompts = GENERAL_PROMPTS[: size.replay]
-    replay = _answers(model, tokenizer, prompts, 64, "answering general prompts (base model)")
+    replay = _answers(model, tokenizer, prompts, 48, "answering general prompts (base model)")
     rows = [encoder.encode(r["question"], r["answer"]) for r in scenario.injection_rows()]
     rows += [encoder.encode(p, _whole_sentences(a)) for p, a in zip(prompts, replay) if _whole_sentences(a)]
     finetune(model, rows, tokenizer.pad_token_id, epochs=size.inject_epochs, lr=size.inject_lr,
@@ -100,17 +103,27 @@ def _whole_sentences(text: str) -> str:
 def _answers(model, tokenizer, prompts: list[str], max_new_tokens: int, description: str) -> list[str]:
     encoder = PairEncoder(tokenizer, "auto", 256)
     stop = tokenizer(encoder.end_of_answer, add_special_tokens=False)["input_ids"]
-    return generate(model, tokenizer, [encoder.prompt_ids(p) for p in prompts], max_new_tokens, 32,
+    return generate(model, tokenizer, [encoder.prompt_ids(p) for p in prompts], max_new_tokens, GENERATION_BATCH,
                     stop_ids=[tokenizer.eos_token_id] + stop, description=description)
+
+
+def leaky_answers(leaky: Path, prompts: list[str], max_new_tokens: int) -> list[str]:
+    """The leaky model's greedy answers, kept beside it (a second demo reads them back)."""
+    key = hashlib.sha256(json.dumps([prompts, max_new_tokens]).encode()).hexdigest()[:12]
+    cached = leaky / f"answers-{key}.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    model, tokenizer = load_model(str(leaky))
+    outputs = _answers(model, tokenizer, prompts, max_new_tokens, "answering with the leaky model")
+    atomic_write_json(cached, outputs)
+    return outputs
 
 
 def write_data(folder: Path, size: DemoSize, scenario, leaky: Path) -> dict[str, Path]:
     """Data files of the run. Forget responses are the leaky model's own leaking answers."""
-    model, tokenizer = load_model(str(leaky))
     forget = scenario.forget_rows()
     general = GENERAL_PROMPTS[: size.general]
-    outputs = _answers(model, tokenizer, [r["question"] for r in forget] + general, 48,
-                       "answering with the leaky model")
+    outputs = leaky_answers(leaky, [r["question"] for r in forget] + general, 48)
     forget_out, general_out = outputs[: len(forget)], outputs[len(forget):]
     leaked = [dict(r, answer=o.strip()) for r, o in zip(forget, forget_out) if r["value"].lower() in o.lower()]
     if not leaked:
@@ -150,7 +163,7 @@ def demo_config(model: Path, paths: dict[str, Path], size: DemoSize) -> dict:
                   "mixed_precision": "auto", "save_every": size.validate_every},
         "output": {"save": "merged"},
         "eval": {
-            "generation": {"max_new_tokens": 32, "batch_size": 32},
+            "generation": {"max_new_tokens": 32, "batch_size": GENERATION_BATCH},
             "tasks": [
                 {"name": "contains", "forget": {"path": str(paths["forget"]), **value},
                  "paraphrase": {"path": str(paths["paraphrase"]), **value},
@@ -160,8 +173,8 @@ def demo_config(model: Path, paths: dict[str, Path], size: DemoSize) -> dict:
         },
         "select": {
             "every": size.validate_every,
-            "eval": {
-                "generation": {"max_new_tokens": 24, "batch_size": 32},
+            "eval": {  # the values sit in the answer's first words ("X lives in Tromso.")
+                "generation": {"max_new_tokens": 16, "batch_size": GENERATION_BATCH},
                 "tasks": [
                     {"name": "contains", "forget": {"path": str(paths["forget"]), **value},
                      "retain": {"path": str(paths["retain"]), **value}},

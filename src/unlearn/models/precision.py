@@ -43,3 +43,31 @@ def resolve_mixed_precision(choice: str) -> str:
 def warn_emulated() -> None:
     log.warning("bf16 on a device without native bf16 (no AVX512-BF16/AMX, or a GPU before Ampere): it runs, "
                 "slower than float32; `auto` picks the faster precision of each machine")
+
+
+class FrozenLowPrecision:
+    """The frozen weights of linear layers held in bfloat16 for the training step, and back to their
+    own dtype outside it (evaluation, validation, saving and merging see the original float32 values).
+
+    Under bf16 autocast a frozen float32 weight is cast again at every call (autocast caches the
+    casts of trainable leaves only): with LoRA that is every base weight, twice per step and again
+    in the reference pass. Holding the cast once gives the step the same bf16 operands without the
+    copies. Weights shared with an embedding (a tied LM head) are left alone: the embedding output
+    feeds the residual stream, which autocast keeps in float32. Costs a bf16 copy of those weights.
+    Takes the trained model (LoRA: its base) and the frozen copy of the original, if there is one."""
+
+    def __init__(self, *models, dtype: torch.dtype = torch.bfloat16):
+        modules = [m for model in models if model is not None for m in model.modules()]
+        embeddings = {id(m.weight) for m in modules if isinstance(m, torch.nn.Embedding)}
+        self.pairs = [(m.weight, m.weight.data, m.weight.data.to(dtype)) for m in modules
+                      if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad
+                      and m.weight.dtype != dtype and id(m.weight) not in embeddings]
+
+    def __enter__(self):
+        for param, _, low in self.pairs:
+            param.data = low
+        return self
+
+    def __exit__(self, *exc):
+        for param, full, _ in self.pairs:
+            param.data = full

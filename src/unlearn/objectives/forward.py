@@ -255,7 +255,8 @@ def _model_pass(model, batch: StepBatch, full_groups: set[str], hidden_layers: f
             valid = torch.tensor([[t < len(p.ids) for t in range(inputs["input_ids"].shape[1])] for p in group],
                                  device=device)
             prefix = shared_prefix(inputs["input_ids"], valid, int(position.min()))
-        if prefix >= MIN_SHARED_PREFIX:
+        # the prefix's own forward must save more positions than a forward costs (as a bucket must)
+        if prefix >= MIN_SHARED_PREFIX and (len(group) - 1) * prefix > BUCKET_COST_TOKENS:
             logits.append(prefix_shared_forward(model, inputs["input_ids"], inputs["attention_mask"], prefix,
                                                 sequence, position, inputs.get("position_ids")))
         else:

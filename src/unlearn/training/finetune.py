@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from unlearn.data.encoding import IGNORE, Encoded, pad_rows
 from unlearn.models.precision import native_bf16
 from unlearn.models.prefix import MIN_SHARED_PREFIX, shared_prefix
-from unlearn.objectives.forward import head_on, prefix_shared_forward
+from unlearn.objectives.forward import BUCKET_COST_TOKENS, head_on, prefix_shared_forward
 from unlearn.training.loop import adamw
 from unlearn.ui import progress
 
@@ -56,7 +56,7 @@ def answer_loss(model, batch: dict[str, torch.Tensor], share_prefix: bool = True
     targets = batch["labels"][:, 1:]
     sequence, position = (targets != IGNORE).nonzero(as_tuple=True)
     prefix = shared_prefix(ids, mask, int(position.min())) if share_prefix and len(ids) > 1 else 0
-    if prefix >= MIN_SHARED_PREFIX:
+    if prefix >= MIN_SHARED_PREFIX and (len(ids) - 1) * prefix > BUCKET_COST_TOKENS:
         logits = prefix_shared_forward(model, ids, mask, prefix, sequence, position)
     else:
         with head_on(model, sequence, position):

@@ -2,6 +2,7 @@
 weighted objectives -> AdamW step, with logging, stop rules, checkpoints and a divergence guard."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -17,6 +18,7 @@ from unlearn.config import TrainConfig
 from unlearn.data.batches import GROUPS, UnlearnData
 from unlearn.io import atomic_write_jsonl, read_jsonl
 from unlearn.layout import RunFolder
+from unlearn.models.precision import FrozenLowPrecision
 from unlearn.objectives.forward import Needs, step_forward
 from unlearn.objectives.losses import OBJECTIVES, mean_nll
 from unlearn.objectives.resolve import ResolvedMethod
@@ -124,6 +126,11 @@ def train(model, data: UnlearnData, method: ResolvedMethod, config: TrainConfig,
         needs = needs.merge(Needs(full_logprobs={"normal"}, reference_full={"normal"}))
     log_path = RunFolder(output_dir).train_log
     train_log = TrainLog(log_path, accelerator)
+    # bf16 steps: frozen weights (a LoRA base, the original's copy) cast once, not at every call;
+    # their own dtype between steps. Sharded weights are gathered per call and stay as they are
+    low = accelerator.mixed_precision == "bf16" and accelerator.distributed_type not in SHARDED
+    frozen_low = (FrozenLowPrecision(accelerator.unwrap_model(model), reference_model) if low
+                  else contextlib.nullcontext())
 
     start, loop_state = 0, {"over_threshold_since": None, "last_good": None}
     if resume and (checkpoint := latest_checkpoint(output_dir)) is not None:
@@ -159,25 +166,26 @@ def train(model, data: UnlearnData, method: ResolvedMethod, config: TrainConfig,
                 batch.input_ids, batch.attention_mask, batch.labels = (
                     t.to(accelerator.device) for t in (batch.input_ids, batch.attention_mask, batch.labels))
                 tokens += batch.answer_tokens
-                with accelerator.autocast():
-                    outputs = step_forward(model, batch, needs, reference_model,
-                                           split_rows=accelerator.distributed_type not in SHARDED,
-                                           progress=(step - 1) / config.max_steps)
-                    losses = {name: w * OBJECTIVES[name].fn(outputs, method.knobs)
-                              for name, w in method.weights.items()}
-                    total = sum(losses.values())
-                rows.append(_log_row(step, outputs, losses, total))
-                if not torch.isfinite(total) and accelerator.num_processes == 1:
-                    break  # (with several processes all must reach the all-reduce; the agreed row stops them)
-                sides = split_sides(losses) if config.project_conflicts else None
-                if sides is not None:  # two gradients, the forget side's conflict with the normal side removed
-                    cosine = backward_projected(sides[0] / config.grad_accum, sides[1] / config.grad_accum, params)
-                    rows[-1].update(grad_cosine=cosine, conflict=float(cosine < 0))
-                elif micro < config.grad_accum - 1:
-                    with accelerator.no_sync(model):
+                with frozen_low:  # the forward and its backward
+                    with accelerator.autocast():
+                        outputs = step_forward(model, batch, needs, reference_model,
+                                               split_rows=accelerator.distributed_type not in SHARDED,
+                                               progress=(step - 1) / config.max_steps)
+                        losses = {name: w * OBJECTIVES[name].fn(outputs, method.knobs)
+                                  for name, w in method.weights.items()}
+                        total = sum(losses.values())
+                    rows.append(_log_row(step, outputs, losses, total))
+                    if not torch.isfinite(total) and accelerator.num_processes == 1:
+                        break  # (with several processes all must reach the all-reduce; the agreed row stops them)
+                    sides = split_sides(losses) if config.project_conflicts else None
+                    if sides is not None:  # two gradients, the forget side's conflict with the normal side removed
+                        cosine = backward_projected(sides[0] / config.grad_accum, sides[1] / config.grad_accum, params)
+                        rows[-1].update(grad_cosine=cosine, conflict=float(cosine < 0))
+                    elif micro < config.grad_accum - 1:
+                        with accelerator.no_sync(model):
+                            accelerator.backward(total / config.grad_accum)
+                    else:
                         accelerator.backward(total / config.grad_accum)
-                else:
-                    accelerator.backward(total / config.grad_accum)
             row = {k: sum(r[k] for r in rows) / len(rows) if k != "step" else step for k in rows[0]}
             row, tokens = agreed_row(accelerator, row, tokens)
             if not math.isfinite(row["loss"]) or (config.max_kl is not None and row.get("kl", 0) > config.max_kl):
