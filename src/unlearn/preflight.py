@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from unlearn.config import ConfigError, RunConfig, path_fields
+from unlearn.config import ConfigError, RunConfig, dump_config, path_fields
 from unlearn.data.sources import check_source, detect_format, local_input, read_fields
 from unlearn.io import inside
 from unlearn.layout import OutputDirError, RunFolder
@@ -99,8 +99,7 @@ def _check_output_dir(config: RunConfig, output_dir: Path, model_folder: Path | 
     RunFolder(output_dir).refuse_existing_run(resume, overwrite)
     saved = RunFolder(output_dir).config
     if resume and saved.is_file():
-        changed = _first_change(yaml.safe_load(saved.read_text()),
-                                config.model_dump(mode="json"))
+        changed = _first_change(yaml.safe_load(saved.read_text()), yaml.safe_load(dump_config(config)))
         if changed:
             raise ConfigError(f"{saved}: {changed} differs from this run's config; --resume "
                               "continues the same run (only train.max_steps, train.save_every, train.log_every, "
