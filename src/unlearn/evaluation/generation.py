@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from unlearn.data.encoding import IGNORE, Encoded, pad_rows
-from unlearn.models.prefix import MIN_SHARED_PREFIX, cache_keyword, prefix_cache
+from unlearn.models.prefix import MIN_SHARED_PREFIX, cache_keyword, can_share, prefix_cache
 from unlearn.ui import progress
 
 
@@ -76,6 +76,7 @@ def generate(model, tokenizer, prompt_ids_list: list[list[int]], max_new_tokens:
     # sampling reseeds per batch: fork the RNG of the device it draws on, so training's stream is untouched
     forked = [device] if device.type == "cuda" else []
     rng = torch.random.fork_rng(devices=forked) if do_sample else contextlib.nullcontext()
+    share_prefix = share_prefix and can_share(model)
     with eval_mode(model), rng, progress() as bar:
         task = bar.add_task(description, total=len(order), status="")
         for number, batch in enumerate(_batches(order, batch_size)):

@@ -29,9 +29,13 @@ def cache_keyword(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def checkpointing(model) -> bool:
-    """Activation checkpointing drops the cache in training, so no prefix can be passed."""
-    return any(getattr(m, "gradient_checkpointing", False) is True for m in unwrap(model).modules())
+def can_share(model) -> bool:
+    """Whether a prefix can be handed over as a key/value cache: not under activation checkpointing
+    (it drops the cache in training), not for stateful models (Mamba-like: no key/value cache)."""
+    model = unwrap(model)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return not getattr(base, "_is_stateful", False) and not any(
+        getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
 
 
 def prefix_cache(model, outputs) -> object:

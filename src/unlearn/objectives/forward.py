@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from unlearn.data.batches import StepBatch
 from unlearn.data.encoding import IGNORE
-from unlearn.models.prefix import MIN_SHARED_PREFIX, cache_keyword, checkpointing, prefix_cache, shared_prefix
+from unlearn.models.prefix import MIN_SHARED_PREFIX, cache_keyword, can_share, prefix_cache, shared_prefix
 from unlearn.models.prepare import original_model, unwrap
 
 # What one extra forward costs, in padded token positions (kernel launches, small matmuls):
@@ -251,7 +251,7 @@ def _model_pass(model, batch: StepBatch, full_groups: set[str], hidden_layers: f
         # every sequence opens with the same tokens (a chat template's system prompt): run them once.
         # Not where hidden states are read (they would lack the prefix) or forwards must be counted (sharded)
         prefix = 0
-        if split and len(group) > 1 and not checkpointing(model):
+        if split and len(group) > 1 and can_share(model):
             valid = torch.tensor([[t < len(p.ids) for t in range(inputs["input_ids"].shape[1])] for p in group],
                                  device=device)
             prefix = shared_prefix(inputs["input_ids"], valid, int(position.min()))

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from unlearn.data.encoding import IGNORE, Encoded, pad_rows
 from unlearn.models.precision import native_bf16
-from unlearn.models.prefix import MIN_SHARED_PREFIX, shared_prefix
+from unlearn.models.prefix import MIN_SHARED_PREFIX, can_share, shared_prefix
 from unlearn.objectives.forward import BUCKET_COST_TOKENS, head_on, prefix_shared_forward
 from unlearn.training.loop import adamw
 from unlearn.ui import progress
@@ -55,7 +55,8 @@ def answer_loss(model, batch: dict[str, torch.Tensor], share_prefix: bool = True
     ids, mask = batch["input_ids"], batch["attention_mask"]
     targets = batch["labels"][:, 1:]
     sequence, position = (targets != IGNORE).nonzero(as_tuple=True)
-    prefix = shared_prefix(ids, mask, int(position.min())) if share_prefix and len(ids) > 1 else 0
+    share = share_prefix and len(ids) > 1 and can_share(model)
+    prefix = shared_prefix(ids, mask, int(position.min())) if share else 0
     if prefix >= MIN_SHARED_PREFIX and (len(ids) - 1) * prefix > BUCKET_COST_TOKENS:
         logits = prefix_shared_forward(model, ids, mask, prefix, sequence, position)
     else:
