@@ -94,7 +94,7 @@ def generate(model, tokenizer, prompt_ids_list: list[list[int]], max_new_tokens:
             cache = {}
             if prefix:
                 opening = model(input_ids=input_ids[:1, :prefix], attention_mask=attention[:1, :prefix], use_cache=True)
-                cache = {cache_keyword(model): prefix_cache(model, opening)}
+                cache = {cache_keyword(model): prefix_cache(opening)}
                 cache[cache_keyword(model)].batch_repeat_interleave(len(batch))
             if do_sample:
                 torch.manual_seed(seed + number)

@@ -38,6 +38,6 @@ def can_share(model) -> bool:
         getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
 
 
-def prefix_cache(model, outputs) -> object:
+def prefix_cache(outputs) -> object:
     """The key/value cache a forward with use_cache=True returned."""
     return getattr(outputs, "cache", None) or outputs.past_key_values

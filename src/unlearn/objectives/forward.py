@@ -192,7 +192,7 @@ def prefix_shared_forward(model, input_ids: torch.Tensor, attention_mask: torch.
     with head_on(model, nothing, nothing):
         head = model(input_ids=input_ids[:1, :prefix], attention_mask=head_mask,
                      position_ids=position_ids[:1, :prefix], use_cache=True)
-    cache = prefix_cache(model, head)
+    cache = prefix_cache(head)
     cache.batch_repeat_interleave(rows)
     with head_on(model, sequence, position - prefix):
         return model(input_ids=input_ids[:, prefix:], attention_mask=rest_mask, position_ids=position_ids[:, prefix:],
