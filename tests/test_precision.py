@@ -98,6 +98,8 @@ def test_frozen_weights_are_bf16_inside_the_step_and_their_own_outside():
 def test_a_bf16_step_with_frozen_weights_cast_once_matches_autocast_casting_each_call(
         lora, tiny_llama, qa_files, tmp_path, monkeypatch):
     """Same losses, same trained weights: only the repeated casts are gone."""
+    import contextlib
+
     from safetensors.torch import load_file
 
     from conftest import base_config
@@ -106,15 +108,14 @@ def test_a_bf16_step_with_frozen_weights_cast_once_matches_autocast_casting_each
     from unlearn.run import run
     from unlearn.training import loop
 
-    class NoCast:
-        def __init__(self, *models): ...
-        def __enter__(self): return self
-        def __exit__(self, *exc): ...
-
+    held = []
+    real = loop.FrozenLowPrecision
+    monkeypatch.setattr(loop, "FrozenLowPrecision", lambda *models: held.append(real(*models)) or held[-1])
     results = []
     for name, cast_once in (("once", True), ("each-call", False)):
         if not cast_once:
-            monkeypatch.setattr(loop, "FrozenLowPrecision", NoCast)
+            assert held and held[0].pairs  # the first run did hold frozen weights in bf16
+            monkeypatch.setattr(loop, "FrozenLowPrecision", lambda *models: contextlib.nullcontext())
         raw = base_config(tiny_llama, qa_files, mixed_precision="bf16", max_steps=3)
         if lora:
             raw["model"]["lora"] = {"r": 4, "alpha": 8}

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from unlearn.data.encoding import IGNORE, Encoded, pad_rows
-from unlearn.models.prefix import MIN_SHARED_PREFIX, cache_keyword, can_share, prefix_cache
+from unlearn.models.prefix import MIN_SHARED_PREFIX, cache_keyword, can_share
+from unlearn.objectives.forward import opening_cache
 from unlearn.ui import progress
 
 
@@ -91,11 +92,8 @@ def generate(model, tokenizer, prompt_ids_list: list[list[int]], max_new_tokens:
                 input_ids[row, width - len(ids) + prefix:] = torch.tensor(ids[prefix:])
                 attention[row, width - len(ids) + prefix:] = 1
             input_ids, attention = input_ids.to(device), attention.to(device)
-            cache = {}
-            if prefix:
-                opening = model(input_ids=input_ids[:1, :prefix], attention_mask=attention[:1, :prefix], use_cache=True)
-                cache = {cache_keyword(model): prefix_cache(opening)}
-                cache[cache_keyword(model)].batch_repeat_interleave(len(batch))
+            cache = ({cache_keyword(model): opening_cache(model, input_ids[:1, :prefix], attention[:1, :prefix],
+                                                          len(batch))} if prefix else {})
             if do_sample:
                 torch.manual_seed(seed + number)
             generated = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config, **cache)

@@ -175,6 +175,17 @@ def head_on(model, sequence: torch.Tensor, position: torch.Tensor):
         hook.remove()
 
 
+def opening_cache(model, ids: torch.Tensor, attention_mask: torch.Tensor, rows: int,
+                  position_ids: torch.Tensor | None = None):
+    """The key/value cache of one row's opening tokens (no LM head), repeated over `rows` rows."""
+    nothing = torch.zeros(0, dtype=torch.long, device=ids.device)
+    with head_on(model, nothing, nothing):
+        cache = prefix_cache(model(input_ids=ids, attention_mask=attention_mask, position_ids=position_ids,
+                                   use_cache=True))
+    cache.batch_repeat_interleave(rows)
+    return cache
+
+
 def prefix_shared_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: int,
                           sequence: torch.Tensor, position: torch.Tensor,
                           position_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -188,12 +199,7 @@ def prefix_shared_forward(model, input_ids: torch.Tensor, attention_mask: torch.
         position_ids = torch.arange(width, device=input_ids.device).expand(rows, -1)
     head_mask = attention_mask[:1, :, :prefix, :prefix] if attention_mask.dim() == 4 else attention_mask[:1, :prefix]
     rest_mask = attention_mask[:, :, prefix:, :] if attention_mask.dim() == 4 else attention_mask
-    nothing = torch.zeros(0, dtype=torch.long, device=input_ids.device)
-    with head_on(model, nothing, nothing):
-        head = model(input_ids=input_ids[:1, :prefix], attention_mask=head_mask,
-                     position_ids=position_ids[:1, :prefix], use_cache=True)
-    cache = prefix_cache(head)
-    cache.batch_repeat_interleave(rows)
+    cache = opening_cache(model, input_ids[:1, :prefix], head_mask, rows, position_ids[:1, :prefix])
     with head_on(model, sequence, position - prefix):
         return model(input_ids=input_ids[:, prefix:], attention_mask=rest_mask, position_ids=position_ids[:, prefix:],
                      use_cache=True, **{cache_keyword(model): cache}).logits
