@@ -84,6 +84,7 @@ def test_packed_pass_equals_the_plain_full_forward(arch, split, min_prefix, requ
     torch.testing.assert_close(got.logps, expected, atol=1e-5, rtol=1e-5)
     position_row = answer.nonzero()[:, 0]
     assert got.position_row.tolist() == position_row.tolist()  # row-major, as without packing
+    assert got.targets.tolist() == targets[answer].tolist()
     for group in ("normal", "mismatch"):
         rows = torch.tensor([g == group for g in batch.row_group])[position_row]
         torch.testing.assert_close(got.full_logprobs[group], logprobs[answer][rows], atol=1e-5, rtol=1e-5)

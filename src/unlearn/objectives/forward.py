@@ -62,6 +62,7 @@ class Pass:
     hidden: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (rows, T, D) output of that layer
     attention_mask: torch.Tensor | None = None
     answer_mask: torch.Tensor | None = None  # (rows, T): True at answer tokens (what carries loss)
+    targets: torch.Tensor | None = None  # (N,) the label (token id) at each answer position
 
     def group_positions(self, group: str) -> torch.Tensor:
         """Mask over answer positions: True where the position belongs to a row of `group`."""
@@ -282,7 +283,8 @@ def _model_pass(model, batch: StepBatch, full_groups: set[str], hidden_layers: f
         in_group = torch.tensor([g == group for g in batch.row_group], device=device)
         full[group] = F.log_softmax(logits[in_group[row_index]], dim=-1)
     hidden = {layer: outputs.hidden_states[layer + 1] for layer in hidden_layers}
-    return Pass(logps, row_index, list(batch.row_group), full, hidden, batch.attention_mask, batch.labels != IGNORE)
+    return Pass(logps, row_index, list(batch.row_group), full, hidden, batch.attention_mask, batch.labels != IGNORE,
+                targets)
 
 
 def step_forward(model, batch: StepBatch, needs: Needs, frozen_copy=None, split_rows: bool = True,
