@@ -53,7 +53,7 @@ FULL = DemoSize(n_forget=6, n_retain=8, inject_epochs=5, inject_lr=3e-4, replay=
                 normal_train=24, general=44, validate_every=8, validate_rows=36)
 # the test suite's end-to-end run: the fewest people, prompts and steps that still show the directions
 QUICK = DemoSize(n_forget=2, n_retain=4, inject_epochs=5, inject_lr=3e-4, replay=8, steps=8, lr=1e-3,
-                 normal_train=16, general=28, validate_every=4, validate_rows=24)
+                 normal_train=16, general=28, validate_every=8, validate_rows=24)
 
 # prompts per generate call: on a CPU a decode step over 64 rows costs far less than two over 32
 GENERATION_BATCH = 64
