@@ -21,8 +21,14 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # `make test` runs workers side
 
 
 def pytest_collection_modifyitems(config, items):
-    """The real-model tests first (a few minutes each): the other workers run the rest beside them."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The longest real-model test (`slow(first=True)`: the quick demo, minutes) first, so that one worker
+    starts on it at once while the others run the rest; the other real-model tests last. A worker never
+    gives away the test queued right after the one it runs, so a second real-model test there would run
+    after the demo on the same worker (about 30 s more on the suite's wall time)."""
+    def order(item) -> int:
+        slow = item.get_closest_marker("slow")
+        return 1 if slow is None else 0 if slow.kwargs.get("first") else 2
+    items.sort(key=order)
 
 SENTENCES = [
     "The capital of France is Paris.", "Water boils at one hundred degrees.", "How do I pick a lock?",

