@@ -127,24 +127,24 @@ def test_refusal_guard_hinges_the_per_token_gain_over_the_original():
     assert loss("refusal_guard", StepOutputs(no_rows, no_rows)) == 0.0
 
 
-def test_stop_guard_hinges_the_gain_of_each_rows_end_token():
-    # two normal rows (3 tokens ending with token 2, 2 tokens ending with token 1) around a forget row;
-    # vocabulary of 3: the end token's log-probability at each normal position, current vs original
-    original = torch.tensor([[0.6, 0.3, 0.1], [0.5, 0.4, 0.1], [0.1, 0.1, 0.8], [0.7, 0.2, 0.1], [0.2, 0.7, 0.1]])
-    current = torch.tensor([[0.3, 0.3, 0.4], [0.5, 0.45, 0.05], [0.1, 0.1, 0.8], [0.4, 0.5, 0.1], [0.2, 0.7, 0.1]])
+def test_stop_guard_hinges_the_gain_of_the_end_token():
+    # three normal rows around a forget row: 2 tokens ending with the end token (2), 2 tokens ending
+    # with 2, and one cut at max_length (ends with 0); vocabulary of 3
+    original = torch.tensor([[0.6, 0.3, 0.1], [0.1, 0.1, 0.8], [0.5, 0.4, 0.1], [0.7, 0.2, 0.1], [0.2, 0.7, 0.1]])
+    current = torch.tensor([[0.3, 0.3, 0.4], [0.1, 0.1, 0.8], [0.5, 0.45, 0.05], [0.4, 0.4, 0.2], [0.8, 0.1, 0.1]])
 
     def passes(full):
-        return Pass(torch.zeros(6), torch.tensor([0, 1, 1, 1, 2, 2]), ["forget", "normal", "normal"],
-                    {"normal": full.log()}, targets=torch.tensor([0, 0, 0, 2, 0, 1]))
+        return Pass(torch.zeros(6), torch.tensor([0, 1, 1, 2, 2, 3]), ["forget", "normal", "normal", "normal"],
+                    {"normal": full.log()}, targets=torch.tensor([0, 1, 2, 0, 2, 0]))
     out = StepOutputs(passes(current), passes(original))
-    # row 1 (end 2): log 0.4/0.1 = log 4, log 0.05/0.1 < 0 -> 0, equal -> 0; row 2 (end 1): log 0.5/0.2, equal -> 0
-    assert loss("stop_guard", out) == pytest.approx((P(4) + P(2.5)) / 5, abs=1e-6)
+    # end = 2 at every normal position: log 0.4/0.1 = log 4, equal, fell, log 0.2/0.1 = log 2, equal
+    assert loss("stop_guard", out) == pytest.approx((P(4) + P(2)) / 5, abs=1e-6)
     assert loss("stop_guard", StepOutputs(passes(original), passes(original))) == 0.0
     leaf = current.log().requires_grad_()
     OBJECTIVES["stop_guard"].fn(StepOutputs(dataclasses.replace(passes(current), full_logprobs={"normal": leaf}),
                                             passes(original)), MethodConfig()).backward()
     expected = torch.zeros(5, 3)
-    expected[0, 2] = expected[3, 1] = 1 / 5  # gradient only at the end token where it gained
+    expected[0, 2] = expected[3, 2] = 1 / 5  # gradient only at the end token, where it gained
     assert torch.equal(leaf.grad, expected)
 
 
