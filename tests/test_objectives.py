@@ -128,8 +128,8 @@ def test_refusal_guard_hinges_the_per_token_gain_over_the_original():
 
 
 def test_stop_guard_hinges_the_gain_of_the_end_token():
-    # three normal rows around a forget row: 2 tokens ending with the end token (2), 2 tokens ending
-    # with 2, and one cut at max_length (ends with 0); vocabulary of 3
+    # a forget row, then three normal rows: two of 2 tokens ending with the end token (2) and one of
+    # 1 token cut at max_length (ends with 0); vocabulary of 3
     original = torch.tensor([[0.6, 0.3, 0.1], [0.1, 0.1, 0.8], [0.5, 0.4, 0.1], [0.7, 0.2, 0.1], [0.2, 0.7, 0.1]])
     current = torch.tensor([[0.3, 0.3, 0.4], [0.1, 0.1, 0.8], [0.5, 0.45, 0.05], [0.4, 0.4, 0.2], [0.8, 0.1, 0.1]])
 

@@ -119,10 +119,12 @@ def refusal_guard(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
 def stop_guard(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
     """Answers may not end earlier on normal rows: mean over the normal rows' answer positions of
     max(0, log p(end) - log p_original(end)), `end` the template's end of answer (the token most of
-    the step's normal rows end with: a row cut at max_length ends on another). Refusal targets are one sentence and an end: learning them teaches
-    the model to stop every answer after its first sentence (the original continues a refusal: p(end)
-    about 0.005 after it). The KL to the original barely sees that: a token that gains mass costs
-    the forward KL only the renormalisation of the others."""
+    the step's normal rows end with: a row cut at max_length ends on another).
+
+    Refusal targets are one sentence and an end: learning them teaches the model to stop every
+    answer after its first sentence (the original continues a refusal: p(end) about 0.005 after it).
+    The KL to the original barely sees that: a token that gains mass costs the forward KL only the
+    renormalisation of the others."""
     current = out.current.full_logprobs["normal"]
     original = out.reference.full_logprobs["normal"]
     if not current.numel():
