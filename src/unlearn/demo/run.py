@@ -22,7 +22,7 @@ import torch
 from unlearn.config import load_config
 from unlearn.data.encoding import PairEncoder
 from unlearn.demo.scenario import GENERAL_PROMPTS, make_scenario
-from unlearn.evaluation.generation import generate
+from unlearn.evaluation.generation import answer_stop_ids, generate
 from unlearn.io import atomic_dir, atomic_write_json, atomic_write_jsonl
 from unlearn.models.loading import cache_dir, load_model
 from unlearn.models.precision import native_bf16
@@ -102,9 +102,8 @@ def _whole_sentences(text: str) -> str:
 
 def _answers(model, tokenizer, prompts: list[str], max_new_tokens: int, description: str) -> list[str]:
     encoder = PairEncoder(tokenizer, "auto", 256)
-    stop = tokenizer(encoder.end_of_answer, add_special_tokens=False)["input_ids"]
     return generate(model, tokenizer, [encoder.prompt_ids(p) for p in prompts], max_new_tokens, GENERATION_BATCH,
-                    stop_ids=[tokenizer.eos_token_id] + stop, description=description)
+                    stop_ids=answer_stop_ids(tokenizer, encoder), description=description)
 
 
 def leaky_answers(leaky: Path, prompts: list[str], max_new_tokens: int) -> list[str]:

@@ -123,8 +123,8 @@ def stop_guard(out: StepOutputs, method: MethodConfig) -> torch.Tensor:
 
     Refusal targets are one sentence and an end: learning them teaches the model to stop every
     answer after its first sentence (the original continues a refusal: p(end) about 0.005 after it).
-    The KL to the original barely sees that: a token that gains mass costs the forward KL only the
-    renormalisation of the others."""
+    The KL to the original charges a token that gains mass only through the renormalisation of the
+    others (log 2 for an end reaching p = 0.5 at one position, averaged with every other answer token)."""
     current = out.current.full_logprobs["normal"]
     original = out.reference.full_logprobs["normal"]
     if not current.numel():
